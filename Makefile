@@ -1,0 +1,62 @@
+# equiserve: every target creates and reuses the virtual environment by itself.
+SHELL := /bin/bash
+PY_BOOT ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTO_SRC := $(wildcard protos/equiserve/v1/*.proto)
+PROTO_OUT := services/api
+PROTO_STAMP := $(PROTO_OUT)/.generated
+
+.PHONY: venv run test test-slow lint typecheck proto bench bench-tp bench-serve \
+        serve clean help
+
+help:
+	@echo "make run    - predict the bundled sample set (creates .venv on first use)"
+	@echo "make test   - lint, type-check and run the test suite"
+	@echo "make bench  - model-library benchmark (sevenn vs e3nn vs fused)"
+
+venv: $(STAMP)
+
+# torch is installed first and alone so that no other requirement can pull a
+# different (CUDA) build; pyproject.toml pins the same version.
+$(STAMP): pyproject.toml
+	@command -v $(PY_BOOT) >/dev/null || { echo "need $(PY_BOOT) on PATH"; exit 1; }
+	test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+proto: $(PROTO_STAMP)
+
+$(PROTO_STAMP): $(STAMP) $(PROTO_SRC)
+	@mkdir -p $(PROTO_OUT)
+	@if [ -n "$(PROTO_SRC)" ]; then \
+	  $(PY) -m grpc_tools.protoc -Iprotos --python_out=$(PROTO_OUT) \
+	    --pyi_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) $(PROTO_SRC); \
+	  touch $(PROTO_OUT)/equiserve/v1/__init__.py; \
+	fi
+	touch $(PROTO_STAMP)
+
+run: $(STAMP) proto
+	$(PY) -m models.demo
+
+lint: $(STAMP) proto
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check models services load_tests tests scripts
+
+typecheck: $(STAMP) proto
+	$(VENV)/bin/mypy models services load_tests
+
+test: lint typecheck
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP) proto
+	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) -m models.bench --out bench_results/bench.json
+
+clean:
+	rm -rf $(VENV) $(PROTO_OUT)/equiserve/v1 $(PROTO_STAMP) bench_results .pytest_cache

@@ -1,0 +1,1 @@
+"""equiserve services: gateway, model deployments, scheduler and command line."""

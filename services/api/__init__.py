@@ -1,0 +1,1 @@
+"""Home of the generated gRPC code (see ``equiserve/__init__.py``)."""
