@@ -63,7 +63,7 @@ def ray_cluster() -> Iterator[RayCluster]:
     from ray import serve
 
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    context = ray.init(
+    ray.init(
         address="local",
         num_cpus=RAY_NUM_CPUS,
         include_dashboard=False,
@@ -73,10 +73,11 @@ def ray_cluster() -> Iterator[RayCluster]:
     )
     http_port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": http_port})
-    logger.info("ray started at %s (temp dir %s)", context.address_info, temp_dir)
+    address = str(ray.get_runtime_context().gcs_address)
+    logger.info("ray started at %s (temp dir %s)", address, temp_dir)
     try:
         yield RayCluster(
-            address=str(context.address_info["gcs_address"]),
+            address=address,
             temp_dir=temp_dir,
             serve_http_port=http_port,
             num_cpus=RAY_NUM_CPUS,
