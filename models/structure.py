@@ -64,7 +64,9 @@ class InvalidStructureError(ValueError):
 
     def at(self, index: int | None, label: str | None = None) -> InvalidStructureError:
         """The same error, located at ``index`` (and ``label``) in a batch."""
-        return InvalidStructureError(self.reason, self.detail, index, label or self.label)
+        return InvalidStructureError(
+            self.reason, self.detail, index, label or self.label
+        )
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,8 @@ def _check_shapes(s: Structure) -> None:
     positions = np.asarray(s.positions)
     if numbers.ndim != 1:
         raise InvalidStructureError(
-            "bad_shape", f"atomic numbers must be a flat list, got shape {numbers.shape}"
+            "bad_shape",
+            f"atomic numbers must be a flat list, got shape {numbers.shape}",
         )
     if numbers.shape[0] == 0:
         raise InvalidStructureError("empty", "the structure has no atoms")
@@ -183,8 +186,9 @@ def _check_shapes(s: Structure) -> None:
         )
 
 
-def _check_values(s: Structure, elements: frozenset[int] | set[int] | None,
-                  limits: Limits) -> None:
+def _check_values(
+    s: Structure, elements: frozenset[int] | set[int] | None, limits: Limits
+) -> None:
     n = s.n_atoms
     if n > limits.max_atoms:
         raise InvalidStructureError(

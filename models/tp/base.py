@@ -81,7 +81,10 @@ class ConvSpec:
         sorted_out, perm, _ = o3.Irreps(mids).sort()
         instructions = sorted(((a, b, perm[c]) for a, b, c in raw), key=lambda t: t[2])
         return cls(
-            o3.Irreps(irreps_in1), o3.Irreps(irreps_in2), sorted_out, tuple(instructions)
+            o3.Irreps(irreps_in1),
+            o3.Irreps(irreps_in2),
+            sorted_out,
+            tuple(instructions),
         )
 
 
