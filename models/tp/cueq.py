@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import logging
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -138,8 +138,8 @@ class CueqTP(TPBackend):
             out: torch.Tensor = self.tp(x, y, w)
             return out
         w_cue = w.new_zeros((w.shape[0], self._cue_weight_numel))
-        w_index: torch.Tensor = self.w_index
-        o_index: torch.Tensor = self.o_index
+        w_index = cast(torch.Tensor, self.w_index)
+        o_index = cast(torch.Tensor, self.o_index)
         w_cue[:, w_index] = w
         full: torch.Tensor = self.tp(x, y, w_cue)
         return full.index_select(1, o_index)
