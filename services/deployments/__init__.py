@@ -1,0 +1,1 @@
+"""Ray Serve model deployments: one per (model, backend), batched by size."""

@@ -1,0 +1,1 @@
+"""The gRPC gateway: a grpc.aio server in front of the Ray Serve deployments."""

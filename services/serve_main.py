@@ -1,0 +1,99 @@
+"""Run the serving platform in the foreground: Ray, Serve deployments, gateway.
+
+``make serve`` (or ``python -m services.serve_main``) starts a local Ray (or joins
+the one named by ``RAY_ADDRESS``, as in a KubeRay head pod), deploys every
+configured (model, backend), waits for their warm-up, then serves gRPC until
+SIGINT/SIGTERM, when it drains gracefully (health NOT_SERVING, grace period) and
+shuts down what it started. Settings come from the environment
+(:mod:`services.config`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import tempfile
+
+from services.config import Settings
+from services.deployments.app import deploy, replica_counts
+from services.gateway.server import build_server
+from services.gateway.targets import connect_targets
+
+logger = logging.getLogger("services.serve_main")
+
+
+def start_ray(num_cpus: int | None) -> bool:
+    """Join ``RAY_ADDRESS`` if set, else start a private local Ray.
+
+    Returns:
+        True when this process started Ray (and so must stop it).
+    """
+    import ray
+    from ray import serve
+
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING)
+        started = False
+    else:
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            _temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"),
+            logging_level=logging.WARNING,
+        )
+        started = True
+    serve.start(proxy_location="Disabled")
+    return started
+
+
+async def run(settings: Settings) -> None:
+    """Deploy, serve until a signal, then drain."""
+    handles = await asyncio.to_thread(deploy, settings)
+    table = await connect_targets(settings, handles)
+    gateway = build_server(
+        settings, table, replica_counter=lambda: replica_counts(settings)
+    )
+    await gateway.start()
+    logger.info(
+        "serving %s on %s:%d, metrics on http://%s:%s/metrics",
+        [f"{m}/{b}" for m, b in table.pairs],
+        settings.grpc_address.rsplit(":", 1)[0],
+        gateway.port,
+        settings.metrics_host,
+        gateway.metrics_port,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await gateway.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--num-cpus", type=int, default=None, help="Ray CPUs (local)")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = Settings.from_env()
+    started = start_ray(args.num_cpus)
+    try:
+        asyncio.run(run(settings))
+    finally:
+        if started:
+            import ray
+            from ray import serve
+
+            serve.shutdown()
+            ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
