@@ -1,0 +1,1 @@
+"""Load generation, monitoring checks and autoscaling runs for equiserve."""
