@@ -25,8 +25,10 @@ class CampaignNotFoundError(CampaignError):
 
     code = grpc.StatusCode.NOT_FOUND
 
-    def __init__(self, campaign_id: str) -> None:
-        super().__init__(
+    @classmethod
+    def for_id(cls, campaign_id: str) -> CampaignNotFoundError:
+        """The error for ``campaign_id`` (one message argument: Ray can rebuild it)."""
+        return cls(
             f"no campaign {campaign_id!r} for this API key; ListCampaigns shows yours"
         )
 

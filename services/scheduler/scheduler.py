@@ -251,7 +251,7 @@ class Scheduler:
     async def _owned(self, tenant: str, campaign_id: str) -> store.CampaignRecord:
         record = await asyncio.to_thread(self.store.get_campaign, campaign_id)
         if record is None or record.tenant != tenant:
-            raise CampaignNotFoundError(campaign_id)
+            raise CampaignNotFoundError.for_id(campaign_id)
         return record
 
     def _view(self, record: store.CampaignRecord) -> CampaignView:

@@ -1,0 +1,1 @@
+"""The ``equiserve`` command line (``services.cli.main:main``)."""
