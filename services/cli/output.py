@@ -57,7 +57,7 @@ def summary_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {
                 "index": row["index"],
                 "id": row["id"],
-                "formula": str(Formula.from_list(_symbols(numbers))),
+                "formula": Formula.from_list(_symbols(numbers)).format("hill"),
                 "n_atoms": len(numbers),
                 "energy": row["energy"] if ok else None,
                 "energy_per_atom": row["energy"] / len(numbers) if ok else None,
