@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from ase.build import bulk
-from ase.io import read, write
+from ase.io import iread, write
 
 from services.cli.main import main
 from services.scheduler.executors import StandInExecutor
@@ -69,7 +69,7 @@ def test_submit_watch_status_and_results_in_every_format(
 
     for name in ("out.extxyz", "out.parquet", "out.csv"):
         assert _cli(server, "results", campaign, "-o", str(tmp_path / name)) == 0
-    frames = read(tmp_path / "out.extxyz", index=":")
+    frames = list(iread(tmp_path / "out.extxyz"))
     assert len(frames) == 10
     assert frames[0].get_potential_energy() == pytest.approx(-2.0)
     assert frames[0].info["id"] == "si:0"
