@@ -2,9 +2,11 @@
 
 ``make serve`` (or ``python -m services.serve_main``) starts a local Ray (or joins
 the one named by ``RAY_ADDRESS``, as in a KubeRay head pod), deploys every
-configured (model, backend), waits for their warm-up, then serves gRPC until
-SIGINT/SIGTERM, when it drains gracefully (health NOT_SERVING, grace period) and
-shuts down what it started. Settings come from the environment
+configured (model, backend) (or, with ``EQUISERVE_ATTACH=true``, attaches to the
+applications a RayService's ``serveConfigV2`` deployed through
+:func:`services.deployments.app.app_builder`), waits for their warm-up, then
+serves gRPC until SIGINT/SIGTERM, when it drains gracefully (health NOT_SERVING,
+grace period) and shuts down what it started. Settings come from the environment
 (:mod:`services.config`).
 """
 
@@ -18,15 +20,19 @@ import signal
 import tempfile
 
 from services.config import Settings
-from services.deployments.app import deploy, replica_counts
+from services.deployments.app import attach, deploy, replica_counts
 from services.gateway.server import build_server
 from services.gateway.targets import connect_targets
 
 logger = logging.getLogger("services.serve_main")
 
 
-def start_ray(num_cpus: int | None) -> bool:
+def start_ray(num_cpus: int | None, attach_only: bool) -> bool:
     """Join ``RAY_ADDRESS`` if set, else start a private local Ray.
+
+    Args:
+        num_cpus: CPUs of a local Ray (``None``: all).
+        attach_only: Serve already runs the applications; do not start Serve.
 
     Returns:
         True when this process started Ray (and so must stop it).
@@ -46,13 +52,14 @@ def start_ray(num_cpus: int | None) -> bool:
             logging_level=logging.WARNING,
         )
         started = True
-    serve.start(proxy_location="Disabled")
+    if not attach_only:
+        serve.start(proxy_location="Disabled")
     return started
 
 
-async def run(settings: Settings) -> None:
-    """Deploy, serve until a signal, then drain."""
-    handles = await asyncio.to_thread(deploy, settings)
+async def run(settings: Settings, attach_only: bool) -> None:
+    """Deploy (or attach), serve until a signal, then drain."""
+    handles = await asyncio.to_thread(attach if attach_only else deploy, settings)
     table = await connect_targets(settings, handles)
     gateway = build_server(
         settings, table, replica_counter=lambda: replica_counts(settings)
@@ -83,9 +90,11 @@ def main(argv: list[str] | None = None) -> None:
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = Settings.from_env()
-    started = start_ray(args.num_cpus)
+    # EQUISERVE_ATTACH=true: a RayService deploys the applications; only attach
+    attach_only = os.environ.get("EQUISERVE_ATTACH", "").lower() in ("1", "true")
+    started = start_ray(args.num_cpus, attach_only)
     try:
-        asyncio.run(run(settings))
+        asyncio.run(run(settings, attach_only))
     finally:
         if started:
             import ray
