@@ -1,1 +1,1 @@
-"""Tests of services/ (the scheduler tests import their helpers as top-level modules)."""
+"""Tests of services/."""
