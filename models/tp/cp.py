@@ -269,7 +269,12 @@ def load_or_fit(
     factors = [fit_cp(group_tensor(spec, g), rank, tol, max_iter) for g in groups]
     _atomic_save(
         [
-            {"a": f.a, "b": f.b, "c": f.c, "err": torch.tensor(f.relative_error)}
+            {
+                "a": f.a,
+                "b": f.b,
+                "c": f.c,
+                "err": torch.tensor(f.relative_error, dtype=torch.float64),
+            }
             for f in factors
         ],
         path,
@@ -316,6 +321,10 @@ class CPTP(TPBackend):
 
     name = "cp"
     exact = False
+    note = (
+        "CP-decomposed CG map: runs the model's own weights; the error falls with "
+        "the rank (exact at or above each block's rank limit)"
+    )
 
     def __init__(
         self,

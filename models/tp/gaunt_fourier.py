@@ -29,7 +29,7 @@ from models.tp.blocks import (
     check_inputs,
     group_by_first_input,
 )
-from models.tp.gaunt_grid import gaunt_covers
+from models.tp.gaunt_grid import GAUNT_NOTE, gaunt_covers
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class GauntFourierTP(TPBackend):
 
     name = "gaunt-fourier"
     exact = False  # exact Gaunt products, but not the CG model's numbers
+    note = GAUNT_NOTE
 
     def __init__(self, spec: ConvSpec, **options: Any) -> None:
         super().__init__(spec, **options)
@@ -78,17 +79,17 @@ class GauntFourierTP(TPBackend):
 
         # (2l1+1, n1*n1) and (2l2+1, n2*n2) synthesis of Fourier coefficients
         x_table = sphere.sh_fourier_table(group.l1).reshape(2 * group.l1 + 1, -1)
-        self.register_buffer(f"x_fourier_{g}", x_table.contiguous(), False)
+        self._register_complex(f"x_fourier_{g}", x_table)
         for i2 in group.second_inputs():
             l2 = self.spec.irreps_in2[i2].ir.l
             y_table = _embedded_table(l2, l2_max).reshape(2 * l2 + 1, -1)
-            self.register_buffer(f"y_fourier_{g}_{i2}", y_table.contiguous(), False)
+            self._register_complex(f"y_fourier_{g}_{i2}", y_table)
 
             # (n_fft^2, sum of 2l3+1) projection of the product onto the outputs
             paths = [p for p in group.paths if p.i2 == i2]
             proj = [sphere.fourier_projection(l_prod, p.l3) for p in paths]
             table = torch.cat(proj, dim=2).reshape(n_fft * n_fft, -1)
-            self.register_buffer(f"projection_{g}_{i2}", table.contiguous(), False)
+            self._register_complex(f"projection_{g}_{i2}", table)
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
@@ -135,8 +136,14 @@ class GauntFourierTP(TPBackend):
                 out.add(p, values[..., start : start + width], w, group.mul)
                 start += width
 
+    def _register_complex(self, name: str, table: torch.Tensor) -> None:
+        """Store a complex table as ``(..., 2)`` reals, so that ``module.to(dtype)``
+        (which would drop imaginary parts of complex buffers) converts it safely."""
+        self.register_buffer(name, torch.view_as_real(table).contiguous(), False)
+
     def _table(
         self, name: str, cdtype: torch.dtype, like: torch.Tensor
     ) -> torch.Tensor:
         table: torch.Tensor = getattr(self, name)
-        return table.to(dtype=cdtype, device=like.device)
+        real = torch.float64 if cdtype == torch.complex128 else torch.float32
+        return torch.view_as_complex(table.to(dtype=real, device=like.device))

@@ -33,6 +33,12 @@ from models.tp.blocks import (
 logger = logging.getLogger(__name__)
 
 
+GAUNT_NOTE = (
+    "Gaunt product: a different operation from CG; a CG-trained model needs its "
+    "own weights, so expect a large error without a refit"
+)
+
+
 def gaunt_covers(spec: ConvSpec) -> list[bool]:
     """``True`` for the instructions whose degrees sum to an even number."""
     return [(l1 + l2 + l3) % 2 == 0 for l1, l2, l3 in spec.path_degrees()]
@@ -49,6 +55,7 @@ class GauntGridTP(TPBackend):
 
     name = "gaunt-grid"
     exact = False  # exact Gaunt products, but not the CG model's numbers
+    note = GAUNT_NOTE
 
     def __init__(self, spec: ConvSpec, oversample: int = 0, **options: Any) -> None:
         super().__init__(spec, **options)

@@ -17,9 +17,11 @@ Conventions:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -72,7 +74,25 @@ def real_sh(l: int, points: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(n, 2l + 1)`` values.
     """
-    return o3.spherical_harmonics(l, points, normalize=True, normalization="component")
+    with float64_default():
+        return o3.spherical_harmonics(
+            l, points.to(torch.float64), normalize=True, normalization="component"
+        )
+
+
+@contextlib.contextmanager
+def float64_default() -> Iterator[None]:
+    """Make float64 the default dtype inside the block.
+
+    e3nn builds some constants in the default dtype; tables built under float32
+    would be rounded to float32 even when their inputs are float64.
+    """
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def path_coefficient(l1: int, l2: int, l3: int) -> torch.Tensor:
@@ -82,7 +102,8 @@ def path_coefficient(l1: int, l2: int, l3: int) -> torch.Tensor:
     that owns its output block and has multiplicity one on the second input the
     weight ``sqrt(2 l3 + 1)`` on the normalised Wigner 3j symbol.
     """
-    w3j = o3.wigner_3j(l1, l2, l3, dtype=torch.float64)
+    with float64_default():
+        w3j = o3.wigner_3j(l1, l2, l3, dtype=torch.float64)
     return math.sqrt(2 * l3 + 1) * w3j
 
 
