@@ -15,7 +15,6 @@ import pyarrow.parquet as pq
 import pytest
 from ase.build import bulk
 from ase.io import write
-from campaign_helpers import open_store, tiny_structures
 
 from models.structure import InvalidStructureError, Structure
 from services.scheduler import store
@@ -27,6 +26,7 @@ from services.scheduler.errors import (
 from services.scheduler.executors import StandInExecutor, WorkSpec
 from services.scheduler.scheduler import Scheduler, SchedulerConfig
 from services.scheduler.shards import Outcome
+from tests.services.scheduler.campaign_helpers import open_store, tiny_structures
 
 SPEC = WorkSpec("stand-in", "", "single_point")
 # Generous bound on one campaign in these tests, s.

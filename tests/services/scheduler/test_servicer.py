@@ -8,7 +8,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from campaign_helpers import tiny_structures
 from equiserve.v1 import campaigns_pb2
 
 from services.cli.campaigns import CampaignClient, RelaxOptions
@@ -16,6 +15,7 @@ from services.client.client import structure_message
 from services.scheduler.executors import StandInExecutor
 from services.scheduler.local import LocalCampaignServer
 from services.scheduler.scheduler import SchedulerConfig
+from tests.services.scheduler.campaign_helpers import tiny_structures
 
 KEYS = {"alice-key": "alice", "bob-key": "bob"}
 WAIT_S = 30.0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from campaign_helpers import open_store
 
 from services.scheduler import store
+from tests.services.scheduler.campaign_helpers import open_store
 
 
 def _campaign(campaign_id: str = "c1", tenant: str = "alice") -> store.CampaignRecord:
