@@ -8,6 +8,8 @@
     equiserve results ID -o out.extxyz      # or .parquet, .csv
     equiserve cancel ID
     equiserve models
+    equiserve top                           # live throughput/latency per backend
+    equiserve report ID -o report/          # PNG plots (services.cli.report)
 
 The server address and API key come from ``--address`` / ``--api-key`` or the
 environment (``EQUISERVE_ADDRESS``, default ``127.0.0.1:50051``;
@@ -28,6 +30,7 @@ from typing import Any
 
 import grpc
 
+from services.cli import report, top
 from services.cli.campaigns import (
     ACTIVE,
     DEFAULT_CHUNK,
@@ -87,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", help="stop a campaign")
     cancel.add_argument("campaign")
     sub.add_parser("models", help="the served models and their backends")
+    top.add_parser(sub)
+    report.add_parser(sub)
     return parser
 
 
@@ -100,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {
         "submit": cmd_submit, "status": cmd_status, "watch": cmd_watch,
         "results": cmd_results, "cancel": cmd_cancel, "models": cmd_models,
+        "top": top.run, "report": report.run,
     }  # fmt: skip
     try:
         return int(commands[args.command](args))
