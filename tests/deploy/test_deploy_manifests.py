@@ -20,6 +20,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from services.config import DeploymentConfig
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 KUBERNETES_VERSION = "1.33.0"
@@ -285,18 +287,9 @@ def test_gateway_gets_config_keys_and_is_fronted_by_the_grpc_service(rendered, o
         assert {"equiserve-api-keys", "equiserve-postgres"} <= secrets
 
 
-# Settings and code the manifests need that the serving code does not offer yet;
-# each entry says what is missing. The tests fail when one lands, so that it leaves
-# these lists.
-PENDING_SETTINGS = {
-    "EQUISERVE_ATTACH": "services.serve_main: attach to the applications of the "
-    "RayService's serveConfigV2 (serve.get_app_handle) instead of deploying them",
-}
-PENDING_IMPORTS = {
-    "services.deployments.app:app_builder": "a Serve application builder taking "
-    "the serveConfigV2 args (model, backend, device, num_cpus, torch_threads, "
-    "batch_max_atoms, max_atoms_per_structure)",
-}
+# Settings the manifests need that the serving code does not read yet, each with
+# what is missing. The test fails when one lands, so that it leaves this list.
+PENDING_SETTINGS: dict[str, str] = {}
 
 
 def _platform_sources() -> str:
@@ -325,20 +318,22 @@ def test_every_equiserve_setting_in_the_manifests_is_read_by_the_platform(render
 
 
 @pytest.mark.parametrize("overlay", ["dev", "gpu"])
-def test_serve_import_paths_resolve_in_this_repository(rendered, overlay):
+def test_serve_applications_build_from_their_import_paths_and_args(rendered, overlay):
     import importlib
 
     config = _serve_config(_one(rendered[overlay], "RayService"))
     for app in config["applications"]:
-        path = app["import_path"]
-        module_name, _, attr = path.partition(":")
-        module = importlib.import_module(module_name)
-        if path in PENDING_IMPORTS:
-            assert not hasattr(module, attr), (
-                f"{path} exists now: remove it from PENDING_IMPORTS"
-            )
-        else:
-            assert callable(getattr(module, attr)), path
+        module_name, _, attr = app["import_path"].partition(":")
+        builder = getattr(importlib.import_module(module_name), attr)
+        built = builder(app["args"])  # raises on an unknown or missing argument
+
+        # the deployment options in the config must name a deployment of the app,
+        # and the application the name the gateway attaches to
+        name = built._bound_deployment.name
+        assert [d["name"] for d in app["deployments"]] == [name]
+        args = app["args"]
+        gateway_name = DeploymentConfig(args["model"], args["backend"]).app_name
+        assert app["name"] == gateway_name
 
 
 @pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu"])
