@@ -135,7 +135,7 @@ def _sorted_radial_weights(
             f"{t}_convolution.convolution._compiled_main_left_right._w3j_{l1}_{l2}_{l3}"
         )
         if key in state and l1 > 0 and l2 > 0 and l3 > 0:
-            current = o3.wigner_3j(l1, l2, l3)
+            current = o3.wigner_3j(l1, l2, l3).to(state[key].dtype)
             if torch.allclose(state[key], -current, atol=1e-6):
                 block = -block
         blocks[k_sorted] = block

@@ -128,8 +128,8 @@ class RadialTable(nn.Module):
         grid[0] = TABLE_R_MIN
         fn64 = _float64_copy(fn)
         with torch.no_grad():
-            primal, tangent = torch.func.jvp(fn64, (grid,), (torch.ones_like(grid),))
-        values, slopes = cast(torch.Tensor, primal), cast(torch.Tensor, tangent)
+            pair = torch.func.jvp(fn64, (grid,), (torch.ones_like(grid),))
+        values, slopes = cast(torch.Tensor, pair[0]), cast(torch.Tensor, pair[1])
         y0, y1 = values[:-1], values[1:]
         d0, d1 = slopes[:-1] * h, slopes[1:] * h
         coeffs = torch.stack(
