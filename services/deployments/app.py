@@ -149,6 +149,8 @@ def undeploy(settings: Settings) -> None:
 def _cluster_has_gpu() -> bool:
     import ray
 
+    if not ray.is_initialized():  # building an app outside Ray (tests, tooling)
+        return False
     return bool(ray.cluster_resources().get("GPU", 0))
 
 
