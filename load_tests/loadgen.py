@@ -334,7 +334,7 @@ async def run_all(
             summary.errors_by_code,
         )  # fmt: skip
     write_json(out / "loadtest.json", {"runs": [s.to_dict() for s in summaries]})
-    plot_runs(out / "loadtest.png", runs, bin_s=max(config.duration_s / 40, 0.25))
+    plot_runs(out / "loadtest.png", runs, bin_s=max(config.duration_s / 20, 1.0))
     return summaries
 
 
