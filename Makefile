@@ -15,6 +15,8 @@ help:
 	@echo "make run    - predict the bundled sample set (creates .venv on first use)"
 	@echo "make test   - lint, type-check and run the test suite"
 	@echo "make bench  - model-library benchmark (sevenn vs e3nn vs fused)"
+	@echo "make serve  - run Ray Serve + the gRPC gateway locally in the foreground"
+	@echo "make bench-serve - served vs in-process throughput, latency (JSON)"
 
 venv: $(STAMP)
 
@@ -57,6 +59,16 @@ test-slow: $(STAMP) proto
 
 bench: $(STAMP)
 	$(PY) -m models.bench --out bench_results/bench.json
+
+# The platform in the foreground: local Ray, Serve deployments, gRPC gateway on
+# 127.0.0.1:50051, metrics on 127.0.0.1:9464. A development API key unless one is set.
+serve: $(STAMP) proto
+	@echo "gRPC on $${EQUISERVE_GRPC_ADDRESS:-127.0.0.1:50051}, x-api-key dev-key by default"
+	EQUISERVE_API_KEYS="$${EQUISERVE_API_KEYS:-dev:dev-key}" $(PY) -m services.serve_main
+
+# gRPC + Ray Serve against the in-process model, side by side; JSON to bench_results/.
+bench-serve: $(STAMP) proto
+	$(PY) -m services.bench_serve --out bench_results/serve.json
 
 clean:
 	rm -rf $(VENV) $(PROTO_OUT)/equiserve/v1 $(PROTO_STAMP) bench_results .pytest_cache
