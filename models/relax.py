@@ -292,8 +292,9 @@ class _FireBatch:
     def _filtered_forces(self, i: int, current: Structure, pred: Any) -> torch.Tensor:
         """``(n_rows, 3)`` forces on the filter's degrees of freedom, eV/Å."""
         sys = self.systems[i]
+        # a copy: forces that crossed a process boundary arrive read-only
         f_atoms = torch.as_tensor(
-            np.asarray(pred.forces, dtype=np.float64), device=self.device
+            np.array(pred.forces, dtype=np.float64), device=self.device
         ).reshape(-1, 3)
         if not sys.with_cell:
             return f_atoms

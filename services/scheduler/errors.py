@@ -45,6 +45,12 @@ class CampaignStateError(CampaignError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class SchedulerUnavailableError(CampaignError):
+    """The scheduler cannot be reached right now (restarting); retry."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 def status_for(err: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message for an exception raised by a campaign RPC."""
     from models.registry import UnknownBackendError, UnknownModelError
