@@ -8,11 +8,13 @@ PROTO_SRC := $(wildcard protos/equiserve/v1/*.proto)
 PROTO_OUT := services/api
 PROTO_STAMP := $(PROTO_OUT)/.generated
 
-.PHONY: venv run test test-slow lint typecheck proto bench bench-tp bench-serve \
+.PHONY: venv run demo-models bench-scheduler test test-slow lint typecheck proto bench bench-tp bench-serve \
         serve clean help
 
 help:
-	@echo "make run    - predict the bundled sample set (creates .venv on first use)"
+	@echo "make run    - end-to-end campaign demo: Ray, Serve, gateway, scheduler (creates .venv)"
+	@echo "make demo-models - model library alone: predict the bundled sample set"
+	@echo "make bench-scheduler - scheduler dispatch rate, 1M-structure campaign RSS (JSON)"
 	@echo "make test   - lint, type-check and run the test suite"
 	@echo "make bench  - model-library benchmark (sevenn vs e3nn vs fused)"
 	@echo "make serve  - run Ray Serve + the gRPC gateway locally in the foreground"
@@ -42,7 +44,15 @@ $(PROTO_STAMP): $(STAMP) $(PROTO_SRC)
 	touch $(PROTO_STAMP)
 
 run: $(STAMP) proto
+	$(PY) -m services.demo
+
+# the model library alone: predict its sample set, print a table
+demo-models: $(STAMP)
 	$(PY) -m models.demo
+
+# scheduler dispatch rate and a 1,000,000-structure campaign's RSS (stand-in model)
+bench-scheduler: $(STAMP) proto
+	$(PY) -m services.scheduler.bench --out bench_results/scheduler.json
 
 lint: $(STAMP) proto
 	$(VENV)/bin/ruff check .
