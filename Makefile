@@ -10,6 +10,7 @@ PROTO_STAMP := $(PROTO_OUT)/.generated
 
 .PHONY: venv run demo-models bench-scheduler test test-slow lint typecheck proto bench bench-tp bench-serve \
         serve clean help
+.PHONY: monitor load-test soak
 
 help:
 	@echo "make run    - end-to-end campaign demo: Ray, Serve, gateway, scheduler (creates .venv)"
@@ -79,6 +80,19 @@ serve: $(STAMP) proto
 # gRPC + Ray Serve against the in-process model, side by side; JSON to bench_results/.
 bench-serve: $(STAMP) proto
 	$(PY) -m services.bench_serve --out bench_results/serve.json
+
+# Monitoring and load (issue 6). monitor: a local Prometheus (Debian's package) on
+# 127.0.0.1:9090 scraping the local platform's /metrics (EQUISERVE_METRICS_PORT).
+monitor:
+	deploy/local/monitor.sh
+
+# load-test: start the local platform, run the three scenarios (20 s each), write
+# load_results/loadtest.{json,png}. soak: 10 minutes, no errors, flat memory.
+load-test: $(STAMP) proto
+	$(PY) -m load_tests.run_local --duration 20 --out load_results
+
+soak: $(STAMP) proto
+	$(PY) -m load_tests.soak --duration 600 --out load_results/soak
 
 clean:
 	rm -rf $(VENV) $(PROTO_OUT)/equiserve/v1 $(PROTO_STAMP) bench_results .pytest_cache

@@ -51,16 +51,22 @@ async def run_campaign(config: LoadConfig) -> tuple[list[CallRecord], float, dic
     t0 = time.perf_counter()
     deadline = time.monotonic() + config.duration_s
     try:
-        campaign = await stub.SubmitCampaign(
-            campaigns_pb2.SubmitCampaignRequest(
-                name=f"loadtest-{int(time.time())}",
-                model=config.model,
-                backend=config.backend,
-                task=campaigns_pb2.TASK_SINGLE_POINT,
-            ),
-            metadata=metadata,
-            timeout=config.call_timeout_s,
-        )
+        try:
+            campaign = await stub.SubmitCampaign(
+                campaigns_pb2.SubmitCampaignRequest(
+                    name=f"loadtest-{int(time.time())}",
+                    model=config.model,
+                    backend=config.backend,
+                    task=campaigns_pb2.TASK_SINGLE_POINT,
+                ),
+                metadata=metadata,
+                timeout=config.call_timeout_s,
+            )
+        except grpc.aio.AioRpcError as err:
+            # e.g. UNIMPLEMENTED: this gateway serves no CampaignService
+            wall = time.perf_counter() - t0
+            record = CallRecord(0.0, wall, err.code().name, 0, 0, "submit")
+            return [record], wall, {"state": "not_run", "reason": err.details()}
         upload_s = await _upload(
             stub, campaign.id, cells, config, metadata, records, t0
         )

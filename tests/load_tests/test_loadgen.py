@@ -159,3 +159,12 @@ def test_command_line_writes_json_and_png(tmp_path):
     report = json.loads((tmp_path / "loadtest.json").read_text())
     assert report["runs"][0]["calls"] == 20
     assert (tmp_path / "loadtest.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_campaign_scenario_reports_a_gateway_without_campaigns():
+    async def body(target):
+        return await run_scenario("campaign", LoadConfig(target, TENANTS[:1]))
+
+    summary, _ = asyncio.run(serve_and_run(FakePredict(), None, body))
+    assert summary.errors_by_code == {"UNIMPLEMENTED": 1}
+    assert summary.extra["state"] == "not_run"
