@@ -20,7 +20,7 @@ import grpc
 from services.gateway.auth import ApiKeyInterceptor, ApiKeyStore
 from services.scheduler.executors import Executor
 from services.scheduler.scheduler import Scheduler, SchedulerConfig
-from services.scheduler.servicer import add_campaign_service
+from services.scheduler.servicer import CampaignBackend, add_campaign_service
 
 logger = logging.getLogger(__name__)
 
@@ -33,23 +33,28 @@ class LocalCampaignServer:
     """Scheduler + CampaignService on ``127.0.0.1``, in a background thread.
 
     Args:
-        config: scheduler settings.
-        executor: computes work units.
+        config: scheduler settings (ignored with ``backend``).
+        executor: computes work units (ignored with ``backend``).
         api_keys: API key -> tenant.
         check_model: passed to the servicer; default: the model registry.
         port: 0 for any free port.
+        backend: serve this backend (e.g. the scheduler actor's
+            :class:`~services.scheduler.ray_backend.ActorBackend`) instead of an
+            in-process scheduler.
     """
 
     def __init__(
         self,
-        config: SchedulerConfig,
-        executor: Executor,
+        config: SchedulerConfig | None,
+        executor: Executor | None,
         api_keys: Mapping[str, str],
         check_model: Callable[[str, str], None] | None = None,
         port: int = 0,
+        backend: CampaignBackend | None = None,
     ) -> None:
         self.config = config
         self.executor = executor
+        self.backend = backend
         self.api_keys = dict(api_keys)
         self.check_model = check_model
         self.port = port
@@ -74,8 +79,12 @@ class LocalCampaignServer:
         return self
 
     async def _start(self) -> None:
-        self.scheduler = Scheduler(self.config, self.executor)
-        await self.scheduler.start()
+        if self.backend is None:
+            if self.config is None or self.executor is None:
+                raise ValueError("give a backend, or a config and an executor")
+            self.scheduler = Scheduler(self.config, self.executor)
+            await self.scheduler.start()
+            self.backend = self.scheduler
         await self._serve()
 
     def restart_server(self) -> None:
@@ -83,7 +92,7 @@ class LocalCampaignServer:
         self.call(self._serve())
 
     async def _serve(self) -> None:
-        if self.scheduler is None:
+        if self.backend is None:
             raise RuntimeError("start() the server first")
         if self._server is not None:
             await self._server.stop(0)
@@ -91,7 +100,7 @@ class LocalCampaignServer:
             interceptors=[ApiKeyInterceptor(ApiKeyStore(self.api_keys))]
         )
         kwargs = {"check_model": self.check_model} if self.check_model else {}
-        add_campaign_service(self.scheduler, **kwargs)(server)
+        add_campaign_service(self.backend, **kwargs)(server)
         self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
         await server.start()
         self._server = server

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -132,10 +133,16 @@ class SchedulerActor:
         apps: Mapping[tuple[str, str], str],
         stand_in: bool = False,
     ) -> None:
+        import ray
+
         logging.basicConfig(level=logging.INFO)
         executor = StandInExecutor() if stand_in else ServeExecutor(apps)
         self.scheduler = Scheduler(config, executor)
         self._started: asyncio.Task[None] | None = None
+        # a restarted actor resumes at once, not at the first client call: ask
+        # ourselves to start (the call runs once the constructor has returned)
+        me = ray.get_runtime_context().current_actor
+        threading.Thread(target=me.ping.remote, daemon=True).start()
 
     async def _ready(self) -> Scheduler:
         if self._started is None:
