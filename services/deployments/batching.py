@@ -26,6 +26,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +116,9 @@ class AtomBudgetBatcher:
         is_oom: tells an out-of-memory error from any other.
         memory_probe: returns peak device memory since the last call, bytes (GPU),
             or ``None``.
+        executor: where batches run; default asyncio's thread pool. A replica
+            passes a one-thread executor whose thread set torch's thread count
+            (OpenMP settings are per calling thread).
     """
 
     def __init__(
@@ -127,6 +131,7 @@ class AtomBudgetBatcher:
         cutoff: float = 5.0,
         is_oom: Callable[[BaseException], bool] | None = None,
         memory_probe: Callable[[], int | None] | None = None,
+        executor: Executor | None = None,
     ) -> None:
         if max_atoms <= 0:
             raise ValueError(f"max_atoms must be positive, got {max_atoms}")
@@ -138,6 +143,7 @@ class AtomBudgetBatcher:
         self.cutoff = cutoff
         self._is_oom = is_oom or _is_oom
         self._memory_probe = memory_probe or (lambda: None)
+        self._executor = executor
         self._pending: deque[_Item] = deque()
         self._queued_atoms = 0
         self._wakeup: asyncio.Event | None = None
@@ -260,7 +266,9 @@ class AtomBudgetBatcher:
         structures = [item.structure for item in batch]
         stress = any(item.compute_stress for item in batch)
         try:
-            values = await asyncio.to_thread(self._split_on_oom, structures, stress)
+            values = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._split_on_oom, structures, stress
+            )
         except Exception as err:  # a model bug: every caller of this batch sees it
             logger.exception("batch of %d structures failed", len(batch))
             for item in batch:

@@ -19,6 +19,7 @@ import importlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,6 +129,13 @@ class ModelReplica:
         import torch
 
         torch.set_num_threads(options.torch_threads)
+        # batches run in this one thread; OpenMP's thread count is per thread
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="model",
+            initializer=torch.set_num_threads,
+            initargs=(options.torch_threads,),
+        )
         self.device = resolve_device(options.device)
         load = load_function(options.model_loader)
         self.model = load(
@@ -137,7 +145,7 @@ class ModelReplica:
             dtype=options.dtype,
             limits=Limits(max_atoms=max_atoms_per_structure),
         )
-        self._warm_up()
+        self._executor.submit(self._warm_up).result()
         budget = options.batch_max_atoms or self._default_budget()
         if hasattr(self.model, "batch_atoms"):  # the library must not re-chunk
             self.model.batch_atoms = max(budget, max_atoms_per_structure)
@@ -149,6 +157,7 @@ class ModelReplica:
             max_queued_atoms=options.max_queued_atoms,
             cutoff=float(self.model.spec.cutoff),
             memory_probe=self._peak_gpu_memory if self.device == "cuda" else None,
+            executor=self._executor,
         )
         spec = self.model.spec
         self._info = ReplicaInfo(
@@ -231,7 +240,7 @@ class ModelReplica:
     def _default_budget(self) -> int:
         if self.device != "cuda":
             return CPU_BATCH_ATOMS
-        return self._probe_gpu_budget()
+        return self._executor.submit(self._probe_gpu_budget).result()
 
     def _probe_gpu_budget(self) -> int:
         """Atoms per batch that fit in a share of free GPU memory.
