@@ -18,6 +18,7 @@ help:
 	@echo "make bench-scheduler - scheduler dispatch rate, 1M-structure campaign RSS (JSON)"
 	@echo "make test   - lint, type-check and run the test suite"
 	@echo "make bench  - model-library benchmark (sevenn vs e3nn vs fused)"
+	@echo "make bench-tp - TP backend microbenchmarks + SevenNet-0 speed/error frontier"
 	@echo "make serve  - run Ray Serve + the gRPC gateway locally in the foreground"
 	@echo "make bench-serve - served vs in-process throughput, latency (JSON)"
 
@@ -70,6 +71,11 @@ test-slow: $(STAMP) proto
 
 bench: $(STAMP)
 	$(PY) -m models.bench --out bench_results/bench.json
+
+# Tensor-product backends (issue 3): microbenchmarks and the SevenNet-0 speed/error
+# frontier, CSV/JSON/PNG to bench_results/tp_*. BENCH_TP_ARGS="--device cuda" etc.
+bench-tp: $(STAMP)
+	$(PY) -m models.bench_tp --out bench_results $(BENCH_TP_ARGS)
 
 # The platform in the foreground: local Ray, Serve deployments, gRPC gateway on
 # 127.0.0.1:50051, metrics on 127.0.0.1:9464. A development API key unless one is set.

@@ -18,8 +18,8 @@ Factors are fitted deterministically (alternating least squares from a fixed see
 stopping at a relative RMSE of ``tol`` or after ``max_iter`` sweeps) and cached on
 disk keyed by the irreps, the instructions and the fit settings, under
 ``$EQUISERVE_CACHE_DIR/cp`` (default ``~/.cache/equiserve/cp``), written atomically.
-:func:`prefit` fills the cache ahead of time (``python -m models.tp.cp``) so that a
-replica never fits at start.
+:func:`prefit` fills the cache ahead of time (``python -m models.tp.cp_prefit``)
+so that a replica never fits at start.
 """
 
 from __future__ import annotations

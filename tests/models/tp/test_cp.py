@@ -111,3 +111,15 @@ def test_prefit_writes_one_file_per_spec_and_rank(cp_cache_dir: Path) -> None:
 def test_bad_rank_is_refused_with_an_example(rank: object) -> None:
     with pytest.raises(ValueError, match="cp:rank=32"):
         CPTP(sevennet_like_spec(), rank=rank)  # type: ignore[arg-type]
+
+
+def test_prefit_command_fills_the_cache_for_every_sevennet_layer(
+    cp_cache_dir: Path,
+) -> None:
+    from models.registry import get_spec
+    from models.tp import cp_prefit
+
+    assert cp_prefit.main(["--model", "sevennet-0", "--rank", "3"]) == 0
+    for spec in get_spec("sevennet-0").conv_specs:
+        key = cp.cache_key(spec, 3, cp.DEFAULT_TOL, cp.DEFAULT_MAX_ITER)
+        assert (cp_cache_dir / "cp" / key).exists()
