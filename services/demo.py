@@ -28,7 +28,6 @@ logger = logging.getLogger("services.demo")
 SAMPLES = Path(__file__).parent / "data" / "campaign_samples.extxyz"
 MODEL, BACKEND = "sevennet-0", "fused"
 TENANT = "demo"
-SCHEDULER_NAME = "equiserve-scheduler-demo"
 TOP = 8
 
 
@@ -75,9 +74,8 @@ async def run(args: argparse.Namespace, started: float) -> int:
     from services.deployments.app import deploy
     from services.gateway.server import build_server
     from services.gateway.targets import connect_targets
-    from services.scheduler.ray_backend import ActorBackend, launch
+    from services.scheduler.ray_backend import ACTOR_NAME, NAMESPACE, campaign_service
     from services.scheduler.scheduler import SchedulerConfig
-    from services.scheduler.servicer import add_campaign_service
 
     key = secrets.token_hex(16)
     deployment = DeploymentConfig(MODEL, BACKEND)
@@ -95,19 +93,7 @@ async def run(args: argparse.Namespace, started: float) -> int:
     config = SchedulerConfig(
         data_dir=args.out.resolve() / "scheduler", chunk_size=8, max_in_flight=4
     )
-    actor = await asyncio.to_thread(
-        launch, config, {deployment.key: deployment.app_name}, False, SCHEDULER_NAME
-    )
-
-    def served(model: str, backend: str) -> None:
-        from services.scheduler.errors import InvalidCampaignRequestError
-
-        if model != MODEL or backend not in ("", BACKEND):
-            raise InvalidCampaignRequestError(
-                f"this demo serves {MODEL}/{BACKEND} only, not {model}/{backend}"
-            )
-
-    hook = add_campaign_service(ActorBackend(actor), check_model=served)
+    hook = await asyncio.to_thread(campaign_service, settings, config)
     gateway = build_server(settings, table, extra_servicers=[hook])
     await gateway.start(serve_metrics=False)
     address = f"127.0.0.1:{gateway.port}"
@@ -118,7 +104,7 @@ async def run(args: argparse.Namespace, started: float) -> int:
         return await asyncio.to_thread(client_session, address, key, args)
     finally:
         await gateway.stop(grace=1.0)
-        ray.kill(actor)
+        ray.kill(ray.get_actor(ACTOR_NAME, namespace=NAMESPACE))
 
 
 def client_session(address: str, key: str, args: argparse.Namespace) -> int:

@@ -25,6 +25,8 @@ from services.scheduler.servicer import CampaignBackend, add_campaign_service
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# gRPC message limit, bytes: the gateway's default (an upload chunk is one message).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Seconds a call into the server's loop may take before the caller gives up.
 CALL_TIMEOUT_S = 60.0
 
@@ -97,7 +99,11 @@ class LocalCampaignServer:
         if self._server is not None:
             await self._server.stop(0)
         server = grpc.aio.server(
-            interceptors=[ApiKeyInterceptor(ApiKeyStore(self.api_keys))]
+            interceptors=[ApiKeyInterceptor(ApiKeyStore(self.api_keys))],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
         )
         kwargs = {"check_model": self.check_model} if self.check_model else {}
         add_campaign_service(self.backend, **kwargs)(server)

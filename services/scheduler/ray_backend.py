@@ -24,16 +24,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from models.relax import relax
 from models.structure import InvalidStructureError, Structure
 from services.scheduler import store
-from services.scheduler.errors import SchedulerUnavailableError
+from services.scheduler.errors import CampaignNotFoundError, SchedulerUnavailableError
 from services.scheduler.executors import SINGLE_POINT, StandInExecutor, WorkSpec
 from services.scheduler.scheduler import CampaignView, Scheduler, SchedulerConfig
+from services.scheduler.servicer import add_campaign_service
 from services.scheduler.shards import Outcome
+
+if TYPE_CHECKING:
+    from services.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +201,38 @@ def launch(
     actor = remote.remote(config, dict(apps), stand_in)
     ray.get(actor.ping.remote())
     return actor
+
+
+def check_served(apps: Mapping[tuple[str, str], str]) -> Callable[[str, str], None]:
+    """A model check for the servicer: only what a deployment serves is accepted."""
+
+    def check(model: str, backend: str) -> None:
+        if not any(m == model and backend in ("", b) for m, b in apps):
+            served = ", ".join(f"{m}/{b}" for m, b in apps) or "nothing"
+            raise CampaignNotFoundError(
+                f"no deployment serves {model}/{backend or '(default)'}; this "
+                f"gateway serves {served} (ListModels shows them)"
+            )
+
+    return check
+
+
+def campaign_service(
+    settings: Settings, config: SchedulerConfig | None = None
+) -> Callable[[Any], str]:
+    """The gateway hook serving campaigns: ``build_server(extra_servicers=[...])``.
+
+    Launches (or finds, after a gateway restart) the scheduler actor for the
+    configured deployments. Needs a connected Ray with the deployments running.
+
+    Args:
+        settings: the gateway's settings (its deployments).
+        config: scheduler settings; default :meth:`SchedulerConfig.from_env`.
+    """
+    config = config or SchedulerConfig.from_env()
+    apps = {d.key: d.app_name for d in settings.deployments}
+    actor = launch(config, apps)
+    return add_campaign_service(ActorBackend(actor), check_model=check_served(apps))
 
 
 class ActorBackend:

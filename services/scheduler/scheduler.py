@@ -33,6 +33,7 @@ import numpy as np
 
 from models.structure import InvalidStructureError, Structure
 from services.scheduler import shards, store
+from services.scheduler.config import SchedulerConfig
 from services.scheduler.errors import (
     CampaignNotFoundError,
     CampaignStateError,
@@ -43,53 +44,7 @@ from services.scheduler.sources import confine, iter_structures, source_format
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    """Scheduler settings.
-
-    Attributes:
-        data_dir: where input and result Parquet files live.
-        store_url: ``sqlite:///...`` or ``postgresql://...``; default: a SQLite
-            file in ``data_dir``.
-        table_prefix: prefix of the store's tables.
-        chunk_size: structures per work unit.
-        max_in_flight: work units dispatched at once.
-        max_attempts: tries per work unit before its structures are failed.
-        retry_delay_s: wait before a failed unit is tried again, s.
-        unit_timeout_s: a unit running longer counts as a failed replica, s.
-        max_atoms: most atoms in one structure.
-        max_structures: most structures in one campaign.
-        max_append: most structures in one append.
-        data_roots: directories the server may read source files from.
-        poll_interval_s: how often the dispatcher looks for new work when idle, s.
-    """
-
-    data_dir: Path
-    store_url: str = ""
-    table_prefix: str = "es_"
-    chunk_size: int = 256
-    max_in_flight: int = 4
-    max_attempts: int = 3
-    retry_delay_s: float = 1.0
-    unit_timeout_s: float = 3600.0
-    max_atoms: int = 10_000
-    max_structures: int = 10_000_000
-    max_append: int = 10_000
-    data_roots: tuple[Path, ...] = ()
-    poll_interval_s: float = 0.5
-
-    def __post_init__(self) -> None:
-        for name in ("chunk_size", "max_in_flight", "max_attempts", "max_append"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-    @property
-    def url(self) -> str:
-        return (
-            self.store_url
-            or f"sqlite:///{Path(self.data_dir).resolve()}/campaigns.sqlite"
-        )
+__all__ = ["CampaignView", "Scheduler", "SchedulerConfig"]
 
 
 @dataclass(frozen=True)
@@ -236,11 +191,10 @@ class Scheduler:
     ) -> list[tuple[store.ShardRecord, bytes]]:
         """Up to ``limit`` result shards (Parquet bytes) in completion order."""
         await self._owned(tenant, campaign_id)
-        records = await asyncio.to_thread(self.store.shards, campaign_id, from_seq)
-        return [
-            (r, await asyncio.to_thread(Path(r.path).read_bytes))
-            for r in records[:limit]
-        ]
+        records = await asyncio.to_thread(
+            self.store.shards, campaign_id, from_seq, limit
+        )
+        return [(r, await asyncio.to_thread(Path(r.path).read_bytes)) for r in records]
 
     async def shard_at_offset(self, tenant: str, campaign_id: str, offset: int) -> int:
         """The sequence number of the shard holding stream offset ``offset``."""

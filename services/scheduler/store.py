@@ -481,13 +481,15 @@ class Store:
         span = now - max(now - THROUGHPUT_WINDOW_S, min(float(first), float(started)))
         return float(count) / max(span, 1e-3)
 
-    def shards(self, campaign_id: str, from_seq: int = 0) -> list[ShardRecord]:
-        """Result shards in completion order, from sequence number ``from_seq``."""
+    def shards(
+        self, campaign_id: str, from_seq: int = 0, limit: int = 1_000_000
+    ) -> list[ShardRecord]:
+        """Up to ``limit`` result shards in completion order, from ``from_seq``."""
         with self._tx() as cur:
             cur.execute(
                 "SELECT campaign, seq, task_no, first_offset, count, path "
-                "FROM {p}shards WHERE campaign = ? AND seq >= ? ORDER BY seq",
-                (campaign_id, from_seq),
+                "FROM {p}shards WHERE campaign = ? AND seq >= ? ORDER BY seq LIMIT ?",
+                (campaign_id, from_seq, limit),
             )
             return [ShardRecord(*row) for row in cur.fetchall()]
 

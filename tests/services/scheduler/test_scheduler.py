@@ -271,3 +271,26 @@ def test_a_server_side_file_is_read_inside_the_data_root_only(
         assert (view.record.state, view.record.succeeded) == (store.COMPLETED, 9)
 
     _run(scenario)
+
+
+def test_an_ase_database_is_read_server_side(tmp_path: Path, store_url: str) -> None:
+    from ase.db import connect
+
+    root = tmp_path / "root"
+    root.mkdir()
+    with connect(root / "set.db") as db:
+        for k in range(5):
+            db.write(bulk("Cu", "fcc", a=3.6 + 0.01 * k))
+
+    async def scenario() -> None:
+        config = _config(tmp_path, store_url, data_roots=(root,))
+        sched = Scheduler(config, RecordingExecutor())
+        await sched.start()
+        record = await sched.submit("alice", "db", SPEC, source=("set.db", ""))
+        view = await _wait_done(sched, "alice", record.id)
+        table = await _results(sched, "alice", record.id)
+        await sched.stop()
+        assert (view.record.state, view.record.succeeded) == (store.COMPLETED, 5)
+        assert sorted(table.column("id").to_pylist()) == ["1", "2", "3", "4", "5"]
+
+    _run(scenario)
