@@ -214,6 +214,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from services.client import EquiserveClient
 
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
     structures = make_structures(args.structures, args.repeat, seed=0)
     small = make_structures(1, 1, seed=1)
     model = models.load_model(
@@ -261,7 +262,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     serv_med = statistics.median(serv)
     return {
         "benchmark": "serve",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            # other processes' load distorts CPU-bound ratios; recorded to judge them
+            "load_average_1m_before": load_before[0],
+            "load_average_1m_after": os.getloadavg()[0],
+        },
         "config": {
             "model": "sevennet-0",
             "backend": "fused",

@@ -71,6 +71,12 @@ def status_for(err: BaseException) -> tuple[grpc.StatusCode, str]:
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "the model's request queue is full; retry with backoff",
         )
+    if _is_unavailable(err):
+        logger.warning("replica unavailable: %s", _first_line(err))
+        return (
+            grpc.StatusCode.UNAVAILABLE,
+            "the model's replicas are unavailable (restarting?); retry with backoff",
+        )
     logger.error("internal error while serving", exc_info=err)
     return grpc.StatusCode.INTERNAL, f"internal error ({type(err).__name__}); see logs"
 
@@ -81,6 +87,15 @@ def _is_backpressure(err: BaseException) -> bool:
     except ImportError:  # pragma: no cover - ray is a dependency
         return False
     return isinstance(err, BackPressureError)
+
+
+def _is_unavailable(err: BaseException) -> bool:
+    try:
+        from ray.exceptions import RayActorError
+        from ray.serve.exceptions import DeploymentUnavailableError
+    except ImportError:  # pragma: no cover - ray is a dependency
+        return False
+    return isinstance(err, DeploymentUnavailableError | RayActorError)
 
 
 def _first_line(err: BaseException) -> str:

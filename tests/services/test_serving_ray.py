@@ -20,6 +20,8 @@ from ase.build import molecule
 from ase.optimize import BFGS
 
 from services.client import EquiserveCalculator, EquiserveClient, Result
+from services.deployments.batching import DeadlineExpiredError, QueueFullError
+from services.gateway.errors import status_for
 from services.metrics import METHODS, STATUS_CODES, UNKNOWN
 from tests.services.serving_helpers import (
     API_KEY,
@@ -162,3 +164,23 @@ def test_metrics_exist_with_bounded_labels_and_pass_promtool(client, ray_gateway
     check = subprocess.run([promtool, "check", "metrics"], input=text.encode(),
                            capture_output=True, timeout=30)  # fmt: skip
     assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+
+
+def _raise(kind: str) -> None:
+    if kind == "queue":
+        raise QueueFullError("replica queue holds 10 atoms; retry with backoff")
+    raise DeadlineExpiredError("the deadline passed while the structure queued")
+
+
+def test_replica_errors_keep_their_status_through_ray(ray_cluster):
+    import ray
+
+    remote = ray.remote(num_cpus=0.1)(_raise)
+    expected = {
+        "queue": grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "deadline": grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+    for kind, code in expected.items():
+        with pytest.raises(Exception) as err:
+            ray.get(remote.remote(kind), timeout=60)
+        assert status_for(err.value)[0] == code
