@@ -31,8 +31,10 @@ from models.tp.base import ConvSpec
 
 logger = logging.getLogger(__name__)
 
-# Largest degree the tables are built for; the transforms lose accuracy far beyond.
-MAX_DEGREE = 32
+# Largest degree the tables are built for.
+MAX_DEGREE = 24
+# Largest degree of e3nn's own spherical harmonics; higher ones come by recursion.
+E3NN_SH_MAX = 12
 # Relative residual above which a Gaunt tensor is not proportional to the CG tensor.
 PROPORTIONALITY_TOL = 1e-10
 
@@ -68,16 +70,32 @@ def check_spec(spec: ConvSpec, backend: str) -> None:
 def real_sh(l: int, points: torch.Tensor) -> torch.Tensor:
     """e3nn's real spherical harmonics of degree ``l``, component-normalised.
 
+    e3nn implements degrees up to ``E3NN_SH_MAX``; above that the harmonics are
+    built by the coupling recursion ``Y_l ∝ (Y_{l-1} ⊗ Y_1 -> l)`` with e3nn's own
+    Wigner 3j symbols, which keeps them in the same basis (equivariant under the
+    same Wigner D matrices), rescaled so that ``sum_m Y_lm^2 = 2l + 1``.
+
     Args:
-        points: ``(n, 3)`` unit vectors, float64.
+        points: ``(n, 3)`` unit vectors.
 
     Returns:
-        ``(n, 2l + 1)`` values.
+        ``(n, 2l + 1)`` float64 values.
     """
+    points = points.to(torch.float64)
+    if l <= E3NN_SH_MAX:
+        with float64_default():
+            return o3.spherical_harmonics(
+                l, points, normalize=True, normalization="component"
+            )
+    check_degree(l)
+    lower = real_sh(l - 1, points)
+    vector = real_sh(1, points)
     with float64_default():
-        return o3.spherical_harmonics(
-            l, points.to(torch.float64), normalize=True, normalization="component"
-        )
+        w3j = o3.wigner_3j(l - 1, 1, l, dtype=torch.float64)
+    values = torch.einsum("ni,nj,ijk->nk", lower, vector, w3j)
+    # the norm of an equivariant function is constant on the sphere
+    scale = math.sqrt((2 * l + 1) / float(values.pow(2).sum(dim=1).mean()))
+    return values * scale
 
 
 @contextlib.contextmanager

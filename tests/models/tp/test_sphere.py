@@ -57,3 +57,26 @@ def test_fourier_table_reproduces_harmonics_at_random_points(l: int) -> None:
 def test_degree_beyond_the_tables_is_refused_with_the_limit() -> None:
     with pytest.raises(ValueError, match=f"0..{sphere.MAX_DEGREE}"):
         sphere.check_degree(sphere.MAX_DEGREE + 1)
+
+
+def test_harmonics_beyond_e3nn_degrees_are_equivariant_and_normalised() -> None:
+    from e3nn import o3
+
+    l = sphere.E3NN_SH_MAX + 2
+    gen = torch.Generator().manual_seed(0)
+    points = torch.randn(20, 3, generator=gen, dtype=torch.float64)
+    points = points / points.norm(dim=1, keepdim=True)
+    values = sphere.real_sh(l, points)
+    torch.testing.assert_close(
+        values.pow(2).sum(dim=1),
+        torch.full((20,), 2.0 * l + 1, dtype=torch.float64),
+        atol=1e-10,
+        rtol=0,
+    )
+    with sphere.float64_default():
+        q = torch.randn(4, generator=gen, dtype=torch.float64)
+        rotation = o3.quaternion_to_matrix(q / q.norm())
+        wigner = o3.Irrep(l, 1).D_from_matrix(rotation)
+    torch.testing.assert_close(
+        sphere.real_sh(l, points @ rotation.T), values @ wigner.T, atol=1e-10, rtol=0
+    )
