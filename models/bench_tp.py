@@ -336,7 +336,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-micro", action="store_true")
     parser.add_argument("--skip-frontier", action="store_true")
     parser.add_argument(
-        "--frontier-ranks", type=int, nargs="+", default=[4, 8, 16, 24, 32, 48]
+        "--frontier-ranks", type=int, nargs="+", default=[4, 8, 16, 32, 48]
     )
     parser.add_argument("--frontier-repeats", type=int, default=3)
     return parser.parse_args(argv)
