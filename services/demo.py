@@ -74,6 +74,7 @@ async def run(args: argparse.Namespace, started: float) -> int:
     from services.deployments.app import deploy
     from services.gateway.server import build_server
     from services.gateway.targets import connect_targets
+    from services.metrics import ServingMetrics
     from services.scheduler.ray_backend import ACTOR_NAME, NAMESPACE, campaign_service
     from services.scheduler.scheduler import SchedulerConfig
 
@@ -93,8 +94,9 @@ async def run(args: argparse.Namespace, started: float) -> int:
     config = SchedulerConfig(
         data_dir=args.out.resolve() / "scheduler", chunk_size=8, max_in_flight=4
     )
-    hook = await asyncio.to_thread(campaign_service, settings, config)
-    gateway = build_server(settings, table, extra_servicers=[hook])
+    metrics = ServingMetrics(table.pairs)
+    hook = await asyncio.to_thread(campaign_service, settings, config, metrics.registry)
+    gateway = build_server(settings, table, extra_servicers=[hook], metrics=metrics)
     await gateway.start(serve_metrics=False)
     address = f"127.0.0.1:{gateway.port}"
     logger.info(

@@ -32,11 +32,14 @@ from models.structure import InvalidStructureError, Structure
 from services.scheduler import store
 from services.scheduler.errors import CampaignNotFoundError, SchedulerUnavailableError
 from services.scheduler.executors import SINGLE_POINT, StandInExecutor, WorkSpec
+from services.scheduler.metrics import CampaignCollector
 from services.scheduler.scheduler import CampaignView, Scheduler, SchedulerConfig
 from services.scheduler.servicer import add_campaign_service
 from services.scheduler.shards import Outcome
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from services.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -45,6 +48,8 @@ ACTOR_NAME = "equiserve-scheduler"
 NAMESPACE = "equiserve"
 # Seconds to wait for a Serve response to one FIRE step before calling it failed.
 STEP_TIMEOUT_S = 600.0
+# Seconds a metrics scrape waits for the scheduler's totals.
+METRICS_TIMEOUT_S = 5.0
 
 
 class ServeExecutor:
@@ -179,6 +184,10 @@ class SchedulerActor:
     async def shard_at_offset(self, tenant: str, campaign_id: str, offset: int) -> int:
         return await (await self._ready()).shard_at_offset(tenant, campaign_id, offset)
 
+    async def totals(self) -> list[tuple[str, int, int, int, int]]:
+        scheduler = await self._ready()
+        return await asyncio.to_thread(scheduler.totals)
+
 
 def launch(
     config: SchedulerConfig,
@@ -218,7 +227,9 @@ def check_served(apps: Mapping[tuple[str, str], str]) -> Callable[[str, str], No
 
 
 def campaign_service(
-    settings: Settings, config: SchedulerConfig | None = None
+    settings: Settings,
+    config: SchedulerConfig | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> Callable[[Any], str]:
     """The gateway hook serving campaigns: ``build_server(extra_servicers=[...])``.
 
@@ -228,11 +239,16 @@ def campaign_service(
     Args:
         settings: the gateway's settings (its deployments).
         config: scheduler settings; default :meth:`SchedulerConfig.from_env`.
+        registry: the gateway's metrics registry (``gateway.metrics.registry``, or
+            a ``ServingMetrics`` passed to ``build_server``); the campaign metrics
+            are added to it.
     """
     config = config or SchedulerConfig.from_env()
     apps = {d.key: d.app_name for d in settings.deployments}
-    actor = launch(config, apps)
-    return add_campaign_service(ActorBackend(actor), check_model=check_served(apps))
+    backend = ActorBackend(launch(config, apps))
+    if registry is not None:
+        registry.register(CampaignCollector(backend.totals))
+    return add_campaign_service(backend, check_model=check_served(apps))
 
 
 class ActorBackend:
@@ -300,3 +316,9 @@ class ActorBackend:
 
     async def shard_at_offset(self, tenant: str, campaign_id: str, offset: int) -> int:
         return await self._call("shard_at_offset", tenant, campaign_id, offset)  # type: ignore[no-any-return]
+
+    def totals(self) -> list[tuple[str, int, int, int, int]]:
+        """Campaign totals for the metrics (blocking: called at scrape time)."""
+        import ray
+
+        return ray.get(self.actor.totals.remote(), timeout=METRICS_TIMEOUT_S)  # type: ignore[no-any-return]

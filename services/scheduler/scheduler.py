@@ -201,6 +201,10 @@ class Scheduler:
         await self._owned(tenant, campaign_id)
         return await asyncio.to_thread(self.store.shard_at_offset, campaign_id, offset)
 
+    def totals(self) -> list[tuple[str, int, int, int, int]]:
+        """Per state: campaigns, structures pending, succeeded, failed (blocking)."""
+        return self.store.totals()
+
     # helpers of the API
     async def _owned(self, tenant: str, campaign_id: str) -> store.CampaignRecord:
         record = await asyncio.to_thread(self.store.get_campaign, campaign_id)

@@ -493,6 +493,19 @@ class Store:
             )
             return [ShardRecord(*row) for row in cur.fetchall()]
 
+    def totals(self) -> list[tuple[str, int, int, int, int]]:
+        """Per state: campaigns, structures not yet done, succeeded, failed."""
+        with self._tx() as cur:
+            cur.execute(
+                "SELECT state, COUNT(*), COALESCE(SUM(total - succeeded - failed), 0), "
+                "COALESCE(SUM(succeeded), 0), COALESCE(SUM(failed), 0) "
+                "FROM {p}campaigns GROUP BY state"
+            )
+            return [
+                (str(state), int(n), int(pending), int(ok), int(bad))
+                for state, n, pending, ok, bad in cur.fetchall()
+            ]
+
     def shard_at_offset(self, campaign_id: str, offset: int) -> int:
         """Sequence number of the shard holding stream offset ``offset``."""
         with self._tx() as cur:
