@@ -3,9 +3,11 @@
 ==================================  =====================  ===========================
 variable                            default                meaning
 ==================================  =====================  ===========================
-EQUISERVE_CAMPAIGN_DIR              .equiserve/campaigns   input and result Parquet
-EQUISERVE_CAMPAIGN_STORE            (SQLite file in dir)   ``sqlite:///path`` or
-                                                           ``postgresql://...``
+EQUISERVE_DATA_DIR                  .equiserve/campaigns   input and result Parquet
+EQUISERVE_STORE_URL                 (SQLite file in dir)   ``sqlite:///path`` or
+                                                           ``postgresql://...`` (bare
+                                                           ``postgresql://``: libpq
+                                                           ``PG*`` variables)
 EQUISERVE_CAMPAIGN_CHUNK            256                    structures per work unit
 EQUISERVE_CAMPAIGN_IN_FLIGHT        4                      work units at once
 EQUISERVE_CAMPAIGN_MAX_ATTEMPTS     3                      tries per work unit
@@ -95,8 +97,8 @@ class SchedulerConfig:
 
         roots = env.get("EQUISERVE_DATA_ROOTS", "")
         return cls(
-            data_dir=Path(env.get("EQUISERVE_CAMPAIGN_DIR", ".equiserve/campaigns")),
-            store_url=env.get("EQUISERVE_CAMPAIGN_STORE", ""),
+            data_dir=Path(env.get("EQUISERVE_DATA_DIR", ".equiserve/campaigns")),
+            store_url=env.get("EQUISERVE_STORE_URL", ""),
             chunk_size=number("EQUISERVE_CAMPAIGN_CHUNK", 256),
             max_in_flight=number("EQUISERVE_CAMPAIGN_IN_FLIGHT", 4),
             max_attempts=number("EQUISERVE_CAMPAIGN_MAX_ATTEMPTS", 3),
