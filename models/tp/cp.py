@@ -20,6 +20,11 @@ disk keyed by the irreps, the instructions and the fit settings, under
 ``$EQUISERVE_CACHE_DIR/cp`` (default ``~/.cache/equiserve/cp``), written atomically.
 :func:`prefit` fills the cache ahead of time (``python -m models.tp.cp_prefit``)
 so that a replica never fits at start.
+
+TODO: the decomposition is per first-input block (channels differ per block, as in
+SevenNet), not TDN's single decomposition over all irreps, and TDN's optional
+path-weight sharing is not implemented: both need equal multiplicities across
+blocks or a retrained model.
 """
 
 from __future__ import annotations

@@ -11,6 +11,12 @@ contribute zero (see ``covers``).
 
 Per-path weights are applied to each projected output degree, so the convolution is
 taken once per ``(i1, i2)`` pair.
+
+TODO: the coefficient tables are dense although only ``v = +-m`` is non-zero in the
+azimuthal index, and the FFTs are tiny (at most ``(4L+1)^2``), so on CPU the
+per-transform overhead of ``torch.fft`` dominates; exploiting the sparsity, or
+folding the DFTs into the tables, would be faster but would no longer be the FFT
+method the benchmarks are meant to measure.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ a different model here (see ``covers``).
 
 Per-path weights are applied to each projected output degree, so the product is
 taken once per ``(i1, i2)`` pair rather than once for all degrees at once.
+
+TODO: the synthesis and analysis are dense ``(2l+1, n_grid)`` matrices, O(L^4) per
+pair; separable transforms (an FFT over alpha, Legendre over beta) would give the
+paper's O(L^3) and matter only for L beyond ~6, which no served model uses yet.
 """
 
 from __future__ import annotations
