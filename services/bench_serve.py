@@ -79,6 +79,7 @@ class ServedPlatform:
             EQUISERVE_TORCH_THREADS=str(threads),
             EQUISERVE_BATCH_MAX_ATOMS=str(batch_atoms),
             EQUISERVE_DEVICE="cpu",
+            EQUISERVE_CAMPAIGNS="false",
         )
         self._log = log_path.open("w")
         self.process = subprocess.Popen(

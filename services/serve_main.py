@@ -7,7 +7,8 @@ applications a RayService's ``serveConfigV2`` deployed through
 :func:`services.deployments.app.app_builder`), waits for their warm-up, then
 serves gRPC until SIGINT/SIGTERM, when it drains gracefully (health NOT_SERVING,
 grace period) and shuts down what it started. Settings come from the environment
-(:mod:`services.config`).
+(:mod:`services.config`); ``EQUISERVE_CAMPAIGNS=false`` leaves out the campaign
+service (on by default).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from services.config import Settings
 from services.deployments.app import attach, deploy, replica_counts
 from services.gateway.server import build_server
 from services.gateway.targets import connect_targets
+from services.metrics import ServingMetrics
 
 logger = logging.getLogger("services.serve_main")
 
@@ -61,8 +63,21 @@ async def run(settings: Settings, attach_only: bool) -> None:
     """Deploy (or attach), serve until a signal, then drain."""
     handles = await asyncio.to_thread(attach if attach_only else deploy, settings)
     table = await connect_targets(settings, handles)
+    metrics = ServingMetrics(table.pairs)
+    hooks = []
+    if _flag("EQUISERVE_CAMPAIGNS", default=True):
+        from services.scheduler.ray_backend import campaign_service
+
+        # the campaign scheduler actor (issue 5), served from this same server
+        hooks.append(
+            await asyncio.to_thread(campaign_service, settings, None, metrics.registry)
+        )
     gateway = build_server(
-        settings, table, replica_counter=lambda: replica_counts(settings)
+        settings,
+        table,
+        extra_servicers=hooks,
+        metrics=metrics,
+        replica_counter=lambda: replica_counts(settings),
     )
     await gateway.start()
     logger.info(
@@ -81,6 +96,11 @@ async def run(settings: Settings, attach_only: bool) -> None:
     await gateway.stop()
 
 
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    return default if not raw else raw in ("1", "true", "yes")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num-cpus", type=int, default=None, help="Ray CPUs (local)")
@@ -91,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     settings = Settings.from_env()
     # EQUISERVE_ATTACH=true: a RayService deploys the applications; only attach
-    attach_only = os.environ.get("EQUISERVE_ATTACH", "").lower() in ("1", "true")
+    attach_only = _flag("EQUISERVE_ATTACH", default=False)
     started = start_ray(args.num_cpus, attach_only)
     try:
         asyncio.run(run(settings, attach_only))
