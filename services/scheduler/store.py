@@ -25,86 +25,32 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.scheduler.records import (
+    ACTIVE_STATES,
+    CANCELLED,
+    CLAIMED,
+    COMPLETED,
+    DONE,
+    FAILED,
+    OPEN,
+    PENDING,
+    RUNNING,
+    THROUGHPUT_WINDOW_S,
+    CampaignRecord,
+    ShardRecord,
+    StoreError,
+    TaskRecord,
+)
+
 logger = logging.getLogger(__name__)
 
-# Campaign states as stored; the gRPC enum mirrors them.
-OPEN, RUNNING, COMPLETED, CANCELLED, FAILED = (
-    "open",
-    "running",
-    "completed",
-    "cancelled",
-    "failed",
-)
-ACTIVE_STATES = (OPEN, RUNNING)
-# Task states.
-PENDING, CLAIMED, DONE = "pending", "running", "done"
-# Window over which throughput is measured, s.
-THROUGHPUT_WINDOW_S = 60.0
-
-
-class StoreError(RuntimeError):
-    """The store refused an operation (bad id, wrong state, gap in appends)."""
-
-
-@dataclass(frozen=True)
-class CampaignRecord:
-    """One campaign row.
-
-    Attributes:
-        params: task parameters (relaxation settings), decoded from JSON.
-        total: structures stored; n_results: results written (succeeded + failed).
-    """
-
-    id: str
-    tenant: str
-    name: str
-    model: str
-    backend: str
-    task: str
-    params: dict[str, Any]
-    priority: int
-    state: str
-    total: int
-    succeeded: int
-    failed: int
-    n_tasks: int
-    n_shards: int
-    created: float
-    updated: float
-    message: str
-
-    @property
-    def n_results(self) -> int:
-        return self.succeeded + self.failed
-
-
-@dataclass(frozen=True)
-class TaskRecord:
-    """One work unit: structures ``first_index .. first_index + count - 1``."""
-
-    campaign: str
-    task_no: int
-    first_index: int
-    count: int
-    attempts: int
-    input_path: str
-
-
-@dataclass(frozen=True)
-class ShardRecord:
-    """One result shard: ``count`` results, stream offsets from ``first_offset``."""
-
-    campaign: str
-    seq: int
-    task_no: int
-    first_offset: int
-    count: int
-    path: str
-
+__all__ = [
+    "ACTIVE_STATES", "CANCELLED", "COMPLETED", "FAILED", "OPEN", "RUNNING",
+    "CampaignRecord", "ShardRecord", "Store", "StoreError", "TaskRecord",
+]  # fmt: skip
 
 _CAMPAIGN_COLUMNS = (
     "id, tenant, name, model, backend, task, params, priority, state, total, "
