@@ -71,12 +71,14 @@ class GatewayThread:
         table_factory: Callable[[], Awaitable[TargetTable]],
         extra_servicers: Sequence[ServicerHook] = (),
     ) -> None:
+        self.table: TargetTable | None = None
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
 
         async def start() -> Gateway:
             table = await table_factory()
+            self.table = table
             gateway = build_server(settings, table, extra_servicers=extra_servicers)
             await gateway.start()
             return gateway

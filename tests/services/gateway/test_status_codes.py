@@ -19,7 +19,7 @@ from services.client.client import structure_message
 from services.deployments.batching import QueueFullError
 from services.gateway.auth import tenant_from_context
 from services.gateway.server import PREDICT_SERVICE
-from services.gateway.targets import TargetTable
+from services.gateway.targets import Target, TargetTable
 from tests.services.serving_helpers import (
     API_KEY,
     OTHER_KEY,
@@ -58,6 +58,7 @@ def _table() -> TargetTable:
             fake_target("broken", "fused", True, FakeHandle(error=RuntimeError("x"))),
             fake_target("full", "fused", True, FakeHandle(error=QueueFullError("q"))),
             fake_target("narrow", "fused", True, FakeHandle(delay_s=0.5), 1),
+            fake_target("split", "fused", True, FakeHandle()),
         ]
     )
 
@@ -76,6 +77,11 @@ def gateway() -> Iterator[GatewayThread]:
 def client(gateway: GatewayThread) -> Iterator[EquiserveClient]:
     with EquiserveClient(gateway.address, api_key=API_KEY, timeout=10) as c:
         yield c
+
+
+def _targets(gateway: GatewayThread) -> list[Target]:
+    assert gateway.table is not None
+    return gateway.table.targets
 
 
 def _code(call: grpc.RpcError) -> grpc.StatusCode:
@@ -164,6 +170,7 @@ def test_an_invalid_structure_is_invalid_argument_naming_index_and_reason(
         (lambda a: a.set_atomic_numbers([92] * len(a)), "unknown_element"),
         (lambda a: a.positions.__setitem__((0, 0), np.nan), "non_finite"),
         (lambda a: a.set_cell(np.zeros((3, 3))), "singular_cell"),
+        (lambda a: a.extend(si_cell().repeat(3)), "too_many_atoms"),
     ],
 )
 def test_each_validation_rule_reaches_the_client(client, mutate, reason):
@@ -185,6 +192,14 @@ def test_malformed_arrays_are_invalid_argument(gateway: GatewayThread):
             stub.Predict(request, metadata=(("x-api-key", API_KEY),), timeout=5)
     assert _code(err.value) == grpc.StatusCode.INVALID_ARGUMENT
     assert "bad_shape" in err.value.details()
+
+
+def test_a_request_larger_than_one_batch_is_split_across_calls(gateway, client):
+    (target,) = [t for t in _targets(gateway) if t.model == "split"]
+    results = client.predict([si_cell(i) for i in range(5)], model="split")
+    assert len(results) == 5 and all(isinstance(r, Result) for r in results)
+    # budget 16 atoms: 8-atom cells go two by two
+    assert [len(call.structures) for call in target.handle.calls] == [2, 2, 1]
 
 
 def test_too_many_structures_is_invalid_argument(client: EquiserveClient):
@@ -217,7 +232,15 @@ def test_an_approximate_backend_is_used_only_when_named_exactly(client):
 
 def test_list_models_shows_exactness_and_what_is_served(client):
     models = {m.name: m for m in client.list_models().models}
-    assert set(models) == {"fake", "approx-only", "slow", "broken", "full", "narrow"}
+    assert set(models) == {
+        "fake",
+        "approx-only",
+        "slow",
+        "broken",
+        "full",
+        "narrow",
+        "split",
+    }
     backends = {b.name: b for b in models["fake"].backends}
     assert backends["fused"].exact and backends["fused"].served
     assert not backends["cp:rank=8"].exact and backends["cp:rank=8"].served
