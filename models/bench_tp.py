@@ -355,6 +355,8 @@ def run_metadata(args: argparse.Namespace, device: torch.device) -> dict[str, An
         "edges": args.edges,
         "channels": args.channels,
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # other sessions' load on a shared machine inflates every timing
+        "load_average_1_5_15": list(os.getloadavg()),
     }
 
 
@@ -373,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_frontier:
         from models.bench_tp_frontier import run_frontier
 
-        run_frontier(args, device, meta)
+        run_frontier(args, device, {**meta, "load_average_1_5_15": os.getloadavg()})
     return 0
 
 
