@@ -157,7 +157,14 @@ def verdict(samples: Sequence[dict[str, Any]], max_replicas: int) -> dict[str, A
     step = [_running(s) for s in samples if s["phase"] == "step"]
     base = [_running(s) for s in samples if s["phase"] == "base"]
     peak = max(step, default=0)
+    rates = {}
+    for phase in ("base", "step"):
+        mine = [s for s in samples if s["phase"] == phase]
+        if len(mine) > 1 and mine[-1]["t_s"] > mine[0]["t_s"]:
+            done = mine[-1]["completed"] - mine[0]["completed"]
+            rates[phase] = round(done / (mine[-1]["t_s"] - mine[0]["t_s"]), 3)
     return {
+        "structures_per_s_by_phase": rates,
         "base_replicas": max(base, default=0),
         "peak_replicas": peak,
         "final_replicas": running[-1] if running else 0,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import platform as host
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json(
         args.out / "environment.json",
         {"machine": host.machine(), "cpus": _cpus(), "python": host.python_version(),
+         "load_average_1_5_15": _load_average(),
          "platform_env": {k: v for k, v in platform.env.items() if "KEY" not in k}},
     )  # fmt: skip
     for s in summaries:
@@ -73,9 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _cpus() -> int:
-    import os
-
     return len(os.sched_getaffinity(0))
+
+
+def _load_average() -> list[float]:
+    """The machine's load at the end of the run (other users share the cores)."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 if __name__ == "__main__":

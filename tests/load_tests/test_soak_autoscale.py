@@ -43,6 +43,7 @@ def test_autoscaling_verdict_needs_up_within_limits_and_back_down():
     good = [_sample(0, "base", 1), _sample(1, "step", 1, 1), _sample(2, "step", 3),
             _sample(3, "cool", 2), _sample(4, "cool", 1)]  # fmt: skip
     assert verdict(good, max_replicas=3) == {
+        "structures_per_s_by_phase": {"step": 0.0},
         "base_replicas": 1,
         "peak_replicas": 3,
         "final_replicas": 1,
