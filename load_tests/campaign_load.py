@@ -2,8 +2,8 @@
 
 Measures what a user of the campaign API sees: upload time, time to the last result,
 sustained structures/s, and the campaign's own progress over time. Bounded like every
-scenario: when ``duration_s`` passes first, the campaign is cancelled and the run
-reports how far it got.
+scenario: when ``campaign_duration_s`` passes first, the campaign is cancelled and
+the run reports how far it got.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ async def run_campaign(config: LoadConfig) -> tuple[list[CallRecord], float, dic
     channel = _channel(config.target)
     stub = campaigns_pb2_grpc.CampaignServiceStub(channel)
     t0 = time.perf_counter()
-    deadline = time.monotonic() + config.duration_s
+    deadline = time.monotonic() + config.campaign_duration_s
     try:
         try:
             campaign = await stub.SubmitCampaign(

@@ -34,7 +34,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-calls", type=int, default=2000)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--atoms", type=int, default=8)
-    p.add_argument("--campaign-structures", type=int, default=500)
+    p.add_argument("--campaign-structures", type=int, default=400)
+    p.add_argument("--campaign-duration", type=float, default=120.0)
     p.add_argument("--replica-cpus", default="1")
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
     p.add_argument("--out", type=Path, default=Path("load_results"))
@@ -56,8 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             duration_s=args.duration,
             atoms=args.atoms,
             campaign_structures=args.campaign_structures,
+            campaign_duration_s=args.campaign_duration,
         )
         summaries = asyncio.run(run_all(scenarios, config, args.out))
+        problems = check_monitoring(platform.metrics_url)
     write_json(
         args.out / "environment.json",
         {"machine": host.machine(), "cpus": _cpus(), "python": host.python_version(),
@@ -71,7 +74,41 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"p50 {s.latency_ms['p50']:8.1f} ms p95 {s.latency_ms['p95']:8.1f} ms "
             f"p99 {s.latency_ms['p99']:8.1f} ms errors {s.errors_by_code}"
         )
-    return 0 if all(not s.errors_by_code for s in summaries) else 1
+    for problem in problems:
+        print(f"monitoring: {problem}")
+    print(f"monitoring: {len(problems)} PromQL problems against the live /metrics")
+    write_json(args.out / "monitoring_check.json", {"problems": problems})
+    return 0 if all(not s.errors_by_code for s in summaries) and not problems else 1
+
+
+def check_monitoring(metrics_url: str) -> list[str]:
+    """Dashboard and rule expressions against the running platform's ``/metrics``.
+
+    Returns:
+        One line per expression that reads a series or label the platform does not
+        export (empty when all is well).
+    """
+    import json
+    import urllib.request
+
+    import yaml
+
+    from load_tests.promql import (
+        check_expressions,
+        dashboard_expressions,
+        exported_series,
+        recorded_names,
+        rule_expressions,
+    )
+
+    monitoring = Path(__file__).resolve().parents[1] / "deploy" / "monitoring"
+    rules = yaml.safe_load((monitoring / "rules.yml").read_text())
+    dashboard = json.loads((monitoring / "dashboards" / "equiserve.json").read_text())
+    with urllib.request.urlopen(metrics_url, timeout=10) as reply:
+        exported = exported_series(reply.read().decode())
+    expressions = [*rule_expressions(rules), *dashboard_expressions(dashboard)]
+    found = check_expressions(expressions, exported, recorded_names(rules))
+    return [f"{p.where}: {p.message}" for p in found]
 
 
 def _cpus() -> int:

@@ -29,9 +29,10 @@ from tests.services.serving_helpers import API_KEY, GatewayThread, small_structu
 pytestmark = pytest.mark.ray
 
 MONITORING = Path(__file__).resolve().parents[2] / "deploy" / "monitoring"
-# Read by the dashboard and the backlog alert, exported by no committed code yet
-# (the campaign scheduler's metrics); must leave this list once they are exported.
-PENDING = (
+# Exported by the campaign hook (services.scheduler.metrics), which this fixture's
+# gateway does not run: checked offline in tests/deploy and live by
+# `python -m load_tests.run_local` against the whole platform.
+CAMPAIGN_METRICS = (
     "equiserve_campaign_structures_pending",
     "equiserve_campaign_structures_completed_total",
     "equiserve_campaigns",
@@ -53,9 +54,9 @@ def test_dashboard_and_rules_read_what_the_live_gateway_exports(
     expressions = [*rule_expressions(rules), *dashboard_expressions(dashboard)]
     problems = check_expressions(expressions, exported, recorded_names(rules))
 
-    real = [p for p in problems if not any(m in p.message for m in PENDING)]
+    campaign = [p for p in problems if any(m in p.message for m in CAMPAIGN_METRICS)]
+    real = [p for p in problems if p not in campaign]
     assert not real, "\n".join(f"{p.where}: {p.message}" for p in real)
-    assert not [m for m in PENDING if m in exported], "remove them from PENDING"
     # the traffic above produced labelled samples, so labels were really checked
     assert exported["equiserve_request_duration_seconds_bucket"]
     assert "code" in (exported["equiserve_request_errors_total"] or ())
