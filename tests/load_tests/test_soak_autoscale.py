@@ -77,3 +77,6 @@ def test_short_load_test_against_the_real_platform_has_no_errors(tmp_path):
     report = json.loads((tmp_path / "loadtest.json").read_text())
     assert code == 0, report
     assert all(run["ok"] > 0 for run in report["runs"])
+    # the dashboard and rules read only what the running platform exports
+    check = json.loads((tmp_path / "monitoring_check.json").read_text())
+    assert check == {"problems": []}
