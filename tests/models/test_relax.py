@@ -169,9 +169,10 @@ def test_relaxations_with_sevennet_agree_with_ase_within_1e3_ev_per_atom() -> No
     if not hasattr(models, "load_model"):
         pytest.skip("models.load_model has not landed yet")
     model = models.load_model("sevennet-0", device="cpu", dtype="float64")
-    atoms = bulk("Si", "diamond", a=5.50, cubic=True)
+    # two atoms, strained and rattled: a few dozen steps, cheap on two cores
+    atoms = bulk("Si", "diamond", a=5.55)
     atoms.rattle(0.05, seed=3)
-    settings = RelaxSettings(fmax=0.02, max_steps=200, relax_cell=True)
+    settings = RelaxSettings(fmax=0.05, max_steps=200, relax_cell=True)
 
     (result,) = relax([atoms], model, settings)
     ref, _, converged = _ase_relax(atoms, _ModelCalculator(model), settings)
