@@ -69,8 +69,13 @@ test: lint typecheck
 test-slow: $(STAMP) proto
 	$(PY) -m pytest -q -m slow
 
-bench: $(STAMP)
-	$(PY) -m models.bench --out bench_results/bench.json
+# TorchSim (a peer measured side by side) comes from the optional `bench` extra.
+$(VENV)/.bench-installed: $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	$(PY) -m models.bench --out bench_results/bench.json $(BENCH_ARGS)
 
 # Tensor-product backends (issue 3): microbenchmarks and the SevenNet-0 speed/error
 # frontier, CSV/JSON/PNG to bench_results/tp_*. BENCH_TP_ARGS="--device cuda" etc.

@@ -207,5 +207,6 @@ def load_sevennet(name: str, backend: str = "e3nn") -> SevenNet:
             f"checkpoint {name!r} does not fit the architecture: "
             f"missing {not_loaded[:5]}, unexpected {unexpected[:5]}"
         )
+    model.adopt_backend_weight_order()
     logger.info("loaded %s (sevenn config version %s)", name, raw["config"]["version"])
     return model.eval()

@@ -177,6 +177,19 @@ class SevenNet(nn.Module):
         """The interaction blocks, typed."""
         return [cast(Interaction, layer) for layer in self.layers]
 
+    def adopt_backend_weight_order(self) -> None:
+        """Permute each weight network's output columns into the order its backend
+        prefers (:meth:`TPBackend.weight_order`); call once after loading weights.
+        A relabelling only: the numbers do not change."""
+        for layer in self.interactions:
+            order = layer.tp.weight_order()
+            if order is None or layer.tp.weights_reordered:
+                continue
+            last = layer.radial_mlp[-1]
+            with torch.no_grad():
+                last.weight.copy_(last.weight[:, order.to(last.weight.device)])
+            layer.tp.weights_reordered = True
+
     def tabulate_radial(self) -> None:
         """Replace every layer's weight MLP by a :class:`RadialTable` of
         ``mlp(embedding(r))``; exact to float32 precision (see models/radial.py)."""

@@ -108,6 +108,19 @@ class TPBackend(torch.nn.Module):
                 f"backend {self.name!r} takes no options, got {sorted(options)}"
             )
 
+    #: set by a model that has already put its weights in :meth:`weight_order`
+    weights_reordered: bool = False
+
+    def weight_order(self) -> torch.Tensor | None:
+        """Column order in which this backend prefers its per-edge weights.
+
+        ``None`` (the default) means instruction order. A backend returning an
+        index ``order`` computes ``w[:, order]`` itself unless a model sets
+        :attr:`weights_reordered` after permuting the columns of the network that
+        produces the weights (exact: it is only a relabelling).
+        """
+        return None
+
     @classmethod
     def covers(cls, spec: ConvSpec) -> list[bool]:
         """Which instructions of ``spec`` this backend computes (all by default)."""

@@ -1,19 +1,20 @@
 """``fused``: an exact channelwise tensor product organised for speed.
 
 For every input block ``l1`` the Clebsch-Gordan coefficients of all its paths are
-stacked into one constant tensor ``K[m1, m2, (path, m3)]`` (zeros where a coupling
-vanishes). Per edge, contracting ``K`` with the spherical harmonics gives a small
-matrix ``M_e[m1, (path, m3)]``, and one batched matrix product applies it to every
-channel at once. Per-path weights multiply the result, messages are summed onto the
-receivers while still grouped by ``l1``, and only then, at node level (far fewer rows
-than edges), are the blocks put into e3nn's output order. The numbers are e3nn's
-``uvu`` product, reorganised: equal to round-off.
+stacked into one constant matrix ``K[m2, (m1, path, m3)]`` (zeros where a coupling
+vanishes). Per edge, one small matrix product with the spherical harmonics gives
+``M_e[m1, (path, m3)]``, and one batched matrix product applies it to every channel
+at once. The per-edge weights arrive grouped by input block (the model permutes its
+weight network's output columns once at load, see :meth:`weight_order`), multiply the
+products, and the messages are summed onto receivers while still grouped; only then,
+at node level (far fewer rows than edges), are the blocks put into e3nn's output
+order. The numbers are e3nn's ``uvu`` product, reorganised: equal to round-off.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 from e3nn import o3
@@ -29,15 +30,22 @@ class _Group:
         self.mul = mul
         self.d1 = ir1.dim
         self.x_slice = spec.irreps_in1.slices()[i_in1]
-        self.members = members
-        self.widths = [spec.irreps_out[spec.instructions[k][2]].ir.dim for k in members]
+        # paths of equal output width sit side by side, so that their weights
+        # broadcast over m3 without materialising an expanded copy
+        width_of = {k: spec.irreps_out[spec.instructions[k][2]].ir.dim for k in members}
+        self.members = sorted(members, key=lambda k: width_of[k])
+        self.widths = [width_of[k] for k in self.members]
         self.width = sum(self.widths)
+        classes: dict[int, int] = {}
+        for w in self.widths:
+            classes[w] = classes.get(w, 0) + 1
+        self.classes = sorted(classes.items())  # (width, number of paths)
 
 
 def _coupling(spec: ConvSpec, group: _Group, dtype: torch.dtype) -> torch.Tensor:
-    """``(d1, irreps_in2.dim, width)`` normalised CG coefficients of a group."""
+    """``(irreps_in2.dim, d1 * width)`` normalised CG coefficients of a group."""
     y_slices = spec.irreps_in2.slices()
-    K = torch.zeros(group.d1, spec.irreps_in2.dim, group.width, dtype=torch.float64)
+    K = torch.zeros(spec.irreps_in2.dim, group.d1, group.width, dtype=torch.float64)
     col = 0
     for k, width in zip(group.members, group.widths, strict=True):
         i1, i2, io = spec.instructions[k]
@@ -48,9 +56,9 @@ def _coupling(spec: ConvSpec, group: _Group, dtype: torch.dtype) -> torch.Tensor
         )
         # e3nn's "component" normalisation with one path per output block
         cg = o3.wigner_3j(l1, l2, l3, dtype=torch.float64) * math.sqrt(2 * l3 + 1)
-        K[:, y_slices[i2], col : col + width] = cg
+        K[y_slices[i2], :, col : col + width] = cg.permute(1, 0, 2)
         col += width
-    return K.to(dtype)
+    return K.reshape(spec.irreps_in2.dim, -1).to(dtype)
 
 
 @register_backend
@@ -59,6 +67,7 @@ class FusedTP(TPBackend):
 
     name = "fused"
     exact = True
+    order: torch.Tensor
 
     def __init__(self, spec: ConvSpec, **options: Any) -> None:
         super().__init__(spec, **options)
@@ -70,16 +79,29 @@ class FusedTP(TPBackend):
             self.register_buffer(
                 f"K{g}", _coupling(spec, group, torch.get_default_dtype())
             )
-        self._weight_offsets = self._offsets(spec)
+        self.register_buffer("order", self._order(spec), persistent=False)
+        self._x_sizes = [g.x_slice.stop - g.x_slice.start for g in self.groups]
+        self._w_sizes = [g.mul * len(g.members) for g in self.groups]
         self._assembly = self._assembly_plan()
 
-    @staticmethod
-    def _offsets(spec: ConvSpec) -> list[int]:
+    def _order(self, spec: ConvSpec) -> torch.Tensor:
+        """Weight columns grouped by input block, channel-major within a group."""
         offsets, start = [], 0
         for i1, _, _ in spec.instructions:
             offsets.append(start)
             start += spec.irreps_in1[i1].mul
-        return offsets
+        return torch.tensor(
+            [
+                offsets[k] + u
+                for group in self.groups
+                for u in range(group.mul)
+                for k in group.members
+            ]
+        )
+
+    def weight_order(self) -> torch.Tensor:
+        """See :meth:`TPBackend.weight_order`."""
+        return self.order
 
     def _assembly_plan(self) -> list[tuple[int, int, int]]:
         """For each output block in order: (group, first column, width)."""
@@ -92,25 +114,44 @@ class FusedTP(TPBackend):
         return [where[k] for k in range(len(self.spec.instructions))]
 
     def _grouped(
-        self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        w: torch.Tensor,
+        edge_src: torch.Tensor | None,
     ) -> list[torch.Tensor]:
-        """Per group ``(n_edges, mul, width)`` weighted products."""
+        """Per group ``(n_edges, mul, width)`` weighted products.
+
+        ``x`` is per node when ``edge_src`` is given (gathered here, per group, so
+        that slicing happens on the small node tensor), else already per edge.
+        """
+        if not self.weights_reordered:
+            w = w.index_select(1, self.order)
         out = []
+        xs = torch.split(x, self._x_sizes, dim=1)
+        ws = torch.split(w, self._w_sizes, dim=1)
         for g, group in enumerate(self.groups):
-            K = getattr(self, f"K{g}")
-            M = torch.einsum("ej,ijo->eio", y, K)
-            xg = x[:, group.x_slice].reshape(-1, group.mul, group.d1)
+            xg = xs[g] if edge_src is None else xs[g].index_select(0, edge_src)
+            xg = xg.reshape(-1, group.mul, group.d1)
+            K = cast(torch.Tensor, getattr(self, f"K{g}"))
+            M = (y @ K).view(-1, group.d1, group.width)
             prod = torch.bmm(xg, M)
-            weights = torch.stack(
-                [
-                    w[:, self._weight_offsets[k] : self._weight_offsets[k] + group.mul]
-                    for k in group.members
-                ],
-                dim=-1,
-            )
-            repeats = torch.tensor(group.widths, device=w.device)
-            out.append(prod * weights.repeat_interleave(repeats, dim=-1))
+            wg = ws[g].view(-1, group.mul, len(group.members))
+            out.append(self._weigh(group, prod, wg))
         return out
+
+    @staticmethod
+    def _weigh(group: _Group, prod: torch.Tensor, wg: torch.Tensor) -> torch.Tensor:
+        """``prod`` ``(n, mul, width)`` times per-path weights ``(n, mul, n_paths)``
+        broadcast over each path's ``2 l3 + 1`` components."""
+        n, mul = prod.shape[0], group.mul
+        prods = torch.split(prod, [w * c for w, c in group.classes], dim=2)
+        weights = torch.split(wg, [c for _, c in group.classes], dim=2)
+        pieces = [
+            (p.reshape(n, mul, c, w) * q.unsqueeze(-1)).reshape(n, mul, c * w)
+            for p, q, (w, c) in zip(prods, weights, group.classes, strict=True)
+        ]
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
 
     def _assemble(self, grouped: list[torch.Tensor]) -> torch.Tensor:
         rows = grouped[0].shape[0]
@@ -124,7 +165,7 @@ class FusedTP(TPBackend):
         self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
     ) -> torch.Tensor:
         """See :meth:`TPBackend.forward`."""
-        return self._assemble(self._grouped(x, y, w))
+        return self._assemble(self._grouped(x, y, w, None))
 
     def convolve(
         self,
@@ -136,7 +177,7 @@ class FusedTP(TPBackend):
         num_nodes: int,
     ) -> torch.Tensor:
         """Gather, multiply and sum per group; order the blocks at node level."""
-        grouped = self._grouped(x.index_select(0, edge_src), y, w)
+        grouped = self._grouped(x, y, w, edge_src)
         summed = [
             t.new_zeros((num_nodes, *t.shape[1:])).index_add_(0, edge_dst, t)
             for t in grouped
