@@ -82,10 +82,9 @@ def query_range(
     out: dict[str, list[list[float]]] = {}
     for result in body["data"]["result"]:
         labels = result["metric"]
-        name = "/".join(
-            v for k, v in sorted(labels.items()) if k in {"model", "backend"}
-        )
-        out[name or "all"] = [
+        # "model/backend" as in the sampled series, or the backend alone
+        parts = [labels[k] for k in ("model", "backend") if k in labels]
+        out["/".join(parts) or "all"] = [
             [float(t) - start, float(v)]
             for t, v in result["values"]
             if math.isfinite(float(v))

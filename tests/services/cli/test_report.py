@@ -86,7 +86,7 @@ def test_prometheus_range_queries_are_parsed_per_backend():
     finally:
         server.shutdown()
         thread.join()
-    assert series["structures_per_s"] == {"fused/sevennet-0": [[10.0, 2.5]]}
+    assert series["structures_per_s"] == {"sevennet-0/fused": [[10.0, 2.5]]}
     assert set(series) == {"structures_per_s", "atoms_per_s", "latency_p50_s",
                            "latency_p95_s", "latency_p99_s"}  # fmt: skip
     assert any("histogram_quantile(0.99" in q for q in _FakePrometheus.queries)
