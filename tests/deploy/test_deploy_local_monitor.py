@@ -103,3 +103,44 @@ def _needs_prometheus():
     for tool in ("prometheus", "promtool"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is not on PATH: apt-get install -y prometheus")
+
+
+@pytest.mark.slow
+def test_report_queries_the_local_prometheus(tmp_path):
+    import threading
+
+    from services.cli.report import from_prometheus
+
+    metrics = ServingMetrics([("sevennet-0", "fused")])
+    server, metrics_port = metrics.start_http("127.0.0.1", 0)
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            metrics.observe_request("sevennet-0", "fused", "Predict", 0.02)
+            metrics.observe_structure("sevennet-0", "fused", 8, 0.001)
+            time.sleep(0.02)
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    prom_port = _free_port()
+    proc = subprocess.Popen(
+        [str(SCRIPT)],
+        env=_env(tmp_path, metrics_port, prom_port),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        start = time.time()
+        time.sleep(25.0)  # first sample after ~6 s, then enough for rate()
+        series = from_prometheus(f"http://127.0.0.1:{prom_port}", start, time.time())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        stop.set()
+        worker.join()
+        server.shutdown()
+    rates = [v for _, v in series["structures_per_s"]["sevennet-0/fused"]]
+    assert rates and 5 < rates[-1] < 60
+    p50 = series["latency_p50_s"]["fused"][-1][1]
+    assert 0.01 <= p50 <= 0.025  # inside the 10-25 ms bucket
