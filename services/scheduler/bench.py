@@ -4,6 +4,8 @@ Both parts use the labelled stand-in model (:class:`StandInExecutor`: computes
 nothing), so they measure the scheduler alone: store transactions, Parquet inputs
 and results, dispatch and bookkeeping, on the embedded SQLite store.
 
+``--store-url postgresql://...`` runs both parts on PostgreSQL instead.
+
 1. ``dispatch``: ``--dispatch-n`` structures are stored first, then the scheduler
    runs them; structures/s from start to the last recorded result, set beside the
    target (5,000/s) as a ratio. The ingest rate (appends) is reported too.
@@ -26,6 +28,7 @@ import logging
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +100,9 @@ class RssSampler:
 
 def _config(data_dir: Path, args: argparse.Namespace) -> SchedulerConfig:
     return SchedulerConfig(
-        data_dir=data_dir, chunk_size=args.chunk, max_in_flight=args.in_flight,
-        max_append=args.append, max_structures=10_000_000, poll_interval_s=0.05,
+        data_dir=data_dir, store_url=args.store_url, table_prefix=args.prefix,
+        chunk_size=args.chunk, max_in_flight=args.in_flight, max_append=args.append,
+        max_structures=10_000_000, poll_interval_s=0.05,
     )  # fmt: skip
 
 
@@ -216,10 +220,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--append", type=int, default=10_000, help="per append")
     parser.add_argument("--sample-s", type=float, default=1.0)
     parser.add_argument("--skip-million", action="store_true")
+    parser.add_argument(
+        "--store-url", default="", help="default: a SQLite file; or postgresql://..."
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    # a fresh table prefix per run, dropped at the end (PostgreSQL is shared)
+    args.prefix = f"bench{uuid.uuid4().hex[:8]}_"
 
-    report: dict[str, Any] = {"model": StandInExecutor.label, "store": "sqlite"}
+    store_name = "postgresql" if args.store_url.startswith("postgres") else "sqlite"
+    report: dict[str, Any] = {"model": StandInExecutor.label, "store": store_name}
     with tempfile.TemporaryDirectory(prefix="es-bench-") as tmp:
         report["dispatch"] = asyncio.run(bench_dispatch(Path(tmp) / "d", args))
         d = report["dispatch"]
@@ -238,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"{m['rss_mb_last_quarter']:.0f} MB (ratio "
                 f"{m['rss_growth_ratio']:.2f}), max {m['rss_mb_max']:.0f} MB"
             )
+    if args.store_url:
+        store.Store(args.store_url, args.prefix).drop_tables()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     if "million" in report:
