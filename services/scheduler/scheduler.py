@@ -363,11 +363,16 @@ class Scheduler:
     async def _run_unit(
         self, record: store.CampaignRecord, task: store.TaskRecord
     ) -> None:
+        """Compute one unit and record it; a failure retries or fails the unit."""
         spec = WorkSpec(record.model, record.backend, record.task,
                         dict(record.params.get("relax") or {}))  # fmt: skip
-        indices, inputs = await asyncio.to_thread(
-            shards.read_inputs, Path(task.input_path)
-        )
+        try:
+            indices, inputs = await asyncio.to_thread(
+                shards.read_inputs, Path(task.input_path)
+            )
+        except Exception as err:
+            await self._unit_failed(task, err, fatal=True)
+            return
         try:
             outcomes = await asyncio.wait_for(
                 self.executor(spec, inputs), self.config.unit_timeout_s
@@ -376,25 +381,44 @@ class Scheduler:
                 raise RuntimeError(
                     f"executor returned {len(outcomes)} outcomes for {len(inputs)}"
                 )
-        except asyncio.CancelledError:
-            raise
         except Exception as err:
-            if task.attempts < self.config.max_attempts:
-                logger.warning(
-                    "campaign %s unit %d failed (attempt %d of %d): %s",
-                    task.campaign, task.task_no, task.attempts,
-                    self.config.max_attempts, err,
-                )  # fmt: skip
-                await asyncio.to_thread(
-                    self.store.release_task, task, self.config.retry_delay_s, repr(err)
-                )
+            if await self._unit_failed(task, err):
                 return
-            logger.error(
-                "campaign %s unit %d failed for good", task.campaign, task.task_no
-            )
             reason = f"failed after {task.attempts} attempts: {err}"
             outcomes = [InvalidStructureError("compute_failed", reason)] * len(inputs)
-        await asyncio.to_thread(self._record, task, indices, inputs, outcomes)
+        try:
+            await asyncio.to_thread(self._record, task, indices, inputs, outcomes)
+        except Exception as err:  # the store or the disk: try the unit again later
+            await self._unit_failed(task, err, fatal=True)
+
+    async def _unit_failed(
+        self, task: store.TaskRecord, err: Exception, fatal: bool = False
+    ) -> bool:
+        """Retry the unit if attempts are left (returns True); else give up.
+
+        Giving up on a computation (``fatal`` False) lets the caller record every
+        structure as failed. Giving up on the unit itself (its input unreadable,
+        its result unwritable: ``fatal``) fails the campaign with the reason.
+        """
+        if task.attempts < self.config.max_attempts:
+            logger.warning(
+                "campaign %s unit %d failed (attempt %d of %d): %s",
+                task.campaign, task.task_no, task.attempts,
+                self.config.max_attempts, err,
+            )  # fmt: skip
+            await asyncio.to_thread(
+                self.store.release_task, task, self.config.retry_delay_s, repr(err)
+            )
+            return True
+        logger.error("campaign %s unit %d failed for good: %s",
+                     task.campaign, task.task_no, err)  # fmt: skip
+        if fatal:
+            message = f"work unit {task.task_no} failed for good: {err}"
+            await asyncio.to_thread(
+                self.store.set_state, task.campaign, store.FAILED, message,
+                store.ACTIVE_STATES,
+            )  # fmt: skip
+        return False
 
     def _record(
         self,

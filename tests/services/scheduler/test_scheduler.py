@@ -294,3 +294,21 @@ def test_an_ase_database_is_read_server_side(tmp_path: Path, store_url: str) -> 
         assert sorted(table.column("id").to_pylist()) == ["1", "2", "3", "4", "5"]
 
     _run(scenario)
+
+
+def test_a_lost_input_file_fails_the_campaign_with_the_reason(
+    tmp_path: Path, store_url: str
+) -> None:
+    async def scenario() -> None:
+        config = _config(tmp_path, store_url, max_attempts=2)
+        sched = Scheduler(config, RecordingExecutor())
+        record = await sched.submit("alice", "c", SPEC)
+        await sched.append("alice", record.id, 0, tiny_structures(8), last=True)
+        next((tmp_path / "data" / record.id / "inputs").iterdir()).unlink()
+        await sched.start()
+        view = await _wait_done(sched, "alice", record.id)
+        await sched.stop()
+        assert view.record.state == store.FAILED
+        assert "failed for good" in view.record.message
+
+    _run(scenario)
