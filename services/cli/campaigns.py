@@ -48,6 +48,7 @@ class RelaxOptions:
     pressure: float = 0.0
 
     def message(self) -> campaigns_pb2.RelaxParameters:
+        """The ``RelaxParameters`` message (0 means the server's default)."""
         return campaigns_pb2.RelaxParameters(
             fmax=self.fmax or 0.0,
             max_steps=self.max_steps or 0,
@@ -156,6 +157,7 @@ class CampaignClient:
         raise AssertionError("unreachable")
 
     def get(self, campaign_id: str) -> campaigns_pb2.Campaign:
+        """State, counts, throughput and ETA of one campaign."""
         return self.stub.GetCampaign(
             campaigns_pb2.GetCampaignRequest(campaign_id=campaign_id),
             timeout=self.timeout,
@@ -163,6 +165,7 @@ class CampaignClient:
         )
 
     def list(self, limit: int = 100) -> list[campaigns_pb2.Campaign]:
+        """The caller's campaigns, newest first."""
         reply = self.stub.ListCampaigns(
             campaigns_pb2.ListCampaignsRequest(limit=limit),
             timeout=self.timeout,
@@ -171,6 +174,7 @@ class CampaignClient:
         return list(reply.campaigns)
 
     def cancel(self, campaign_id: str) -> campaigns_pb2.Campaign:
+        """Stop a campaign; its written results stay readable."""
         return self.stub.CancelCampaign(
             campaigns_pb2.CancelCampaignRequest(campaign_id=campaign_id),
             timeout=self.timeout,
