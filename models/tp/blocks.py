@@ -106,6 +106,9 @@ class OutputAssembler:
             values: ``(n_edges, mul, 2 l3 + 1)`` unweighted path output.
             w: ``(n_edges, weight_numel)`` all per-edge weights.
         """
+        # TODO: slicing w per path makes autograd zero-fill a full-size gradient of
+        # w per path in the backward pass; TPBackend.weight_order() (used by fused)
+        # would let the model hand over weights already grouped.
         weights = w[:, path.weight_start : path.weight_start + mul]
         self._blocks[path.index] = (values * weights.unsqueeze(-1)).reshape(self._n, -1)
 
