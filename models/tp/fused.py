@@ -104,30 +104,36 @@ class FusedTP(TPBackend):
         return self.order
 
     def _assembly_plan(self) -> list[tuple[int, int, int]]:
-        """For each output block in order: (group, first column, width)."""
+        """For each output block in order: (piece, first column, width).
+
+        A piece is one width class of one group: ``(n_rows, mul, n_paths * width)``.
+        """
         where: dict[int, tuple[int, int, int]] = {}
-        for g, group in enumerate(self.groups):
-            col = 0
-            for k, width in zip(group.members, group.widths, strict=True):
-                where[k] = (g, col, width)
-                col += width
+        piece = 0
+        for group in self.groups:
+            members = iter(group.members)
+            for width, count in group.classes:
+                for j in range(count):
+                    where[next(members)] = (piece, j * width, width)
+                piece += 1
         return [where[k] for k in range(len(self.spec.instructions))]
 
-    def _grouped(
+    def _pieces(
         self,
         x: torch.Tensor,
         y: torch.Tensor,
         w: torch.Tensor,
         edge_src: torch.Tensor | None,
     ) -> list[torch.Tensor]:
-        """Per group ``(n_edges, mul, width)`` weighted products.
+        """Weighted products, one ``(n_edges, mul, n_paths * width)`` tensor per
+        width class of each group.
 
         ``x`` is per node when ``edge_src`` is given (gathered here, per group, so
         that slicing happens on the small node tensor), else already per edge.
         """
         if not self.weights_reordered:
             w = w.index_select(1, self.order)
-        out = []
+        out: list[torch.Tensor] = []
         xs = torch.split(x, self._x_sizes, dim=1)
         ws = torch.split(w, self._w_sizes, dim=1)
         for g, group in enumerate(self.groups):
@@ -137,27 +143,28 @@ class FusedTP(TPBackend):
             M = (y @ K).view(-1, group.d1, group.width)
             prod = torch.bmm(xg, M)
             wg = ws[g].view(-1, group.mul, len(group.members))
-            out.append(self._weigh(group, prod, wg))
+            out.extend(self._weigh(group, prod, wg))
         return out
 
     @staticmethod
-    def _weigh(group: _Group, prod: torch.Tensor, wg: torch.Tensor) -> torch.Tensor:
+    def _weigh(
+        group: _Group, prod: torch.Tensor, wg: torch.Tensor
+    ) -> list[torch.Tensor]:
         """``prod`` ``(n, mul, width)`` times per-path weights ``(n, mul, n_paths)``
-        broadcast over each path's ``2 l3 + 1`` components."""
+        broadcast over each path's ``2 l3 + 1`` components, per width class."""
         n, mul = prod.shape[0], group.mul
         prods = torch.split(prod, [w * c for w, c in group.classes], dim=2)
         weights = torch.split(wg, [c for _, c in group.classes], dim=2)
-        pieces = [
+        return [
             (p.reshape(n, mul, c, w) * q.unsqueeze(-1)).reshape(n, mul, c * w)
             for p, q, (w, c) in zip(prods, weights, group.classes, strict=True)
         ]
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
 
-    def _assemble(self, grouped: list[torch.Tensor]) -> torch.Tensor:
-        rows = grouped[0].shape[0]
+    def _assemble(self, pieces: list[torch.Tensor]) -> torch.Tensor:
+        rows = pieces[0].shape[0]
         blocks = [
-            grouped[g][:, :, col : col + width].reshape(rows, -1)
-            for g, col, width in self._assembly
+            pieces[p][:, :, col : col + width].reshape(rows, -1)
+            for p, col, width in self._assembly
         ]
         return torch.cat(blocks, dim=1)
 
@@ -165,7 +172,7 @@ class FusedTP(TPBackend):
         self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
     ) -> torch.Tensor:
         """See :meth:`TPBackend.forward`."""
-        return self._assemble(self._grouped(x, y, w, None))
+        return self._assemble(self._pieces(x, y, w, None))
 
     def convolve(
         self,
@@ -177,9 +184,8 @@ class FusedTP(TPBackend):
         num_nodes: int,
     ) -> torch.Tensor:
         """Gather, multiply and sum per group; order the blocks at node level."""
-        grouped = self._grouped(x, y, w, edge_src)
         summed = [
             t.new_zeros((num_nodes, *t.shape[1:])).index_add_(0, edge_dst, t)
-            for t in grouped
+            for t in self._pieces(x, y, w, edge_src)
         ]
         return self._assemble(summed)
