@@ -91,26 +91,42 @@ def check_inputs(
 
 
 class OutputAssembler:
-    """Collects weighted path outputs and lays them out as ``irreps_out``."""
+    """Collects weighted path outputs and lays them out as ``irreps_out``.
 
-    def __init__(self, spec: ConvSpec, n_edges: int, like: torch.Tensor) -> None:
+    The weights are split into per-instruction pieces once (``torch.split``, whose
+    backward is one concatenation) rather than sliced per path, which would make
+    autograd zero-fill a full-size gradient of ``w`` for every path.
+    """
+
+    def __init__(
+        self, spec: ConvSpec, n_edges: int, like: torch.Tensor, w: torch.Tensor
+    ) -> None:
         self._spec = spec
         self._n = n_edges
         self._like = like
+        muls = [spec.irreps_in1[i1].mul for i1, _, _ in spec.instructions]
+        self._weights = w.split(muls, dim=1)
         self._blocks: dict[int, torch.Tensor] = {}
 
-    def add(self, path: Path, values: torch.Tensor, w: torch.Tensor, mul: int) -> None:
+    def add(self, path: Path, values: torch.Tensor) -> None:
         """Store path ``k``'s output times its weights.
 
         Args:
             values: ``(n_edges, mul, 2 l3 + 1)`` unweighted path output.
-            w: ``(n_edges, weight_numel)`` all per-edge weights.
         """
-        # TODO: slicing w per path makes autograd zero-fill a full-size gradient of
-        # w per path in the backward pass; TPBackend.weight_order() (used by fused)
-        # would let the model hand over weights already grouped.
-        weights = w[:, path.weight_start : path.weight_start + mul]
+        weights = self._weights[path.index]  # (n_edges, mul)
         self._blocks[path.index] = (values * weights.unsqueeze(-1)).reshape(self._n, -1)
+
+    def add_pair(self, paths: list[Path], values: torch.Tensor) -> None:
+        """Store several paths whose outputs are concatenated along the last axis.
+
+        Args:
+            paths: the paths, in the order of their output columns.
+            values: ``(n_edges, mul, sum of 2 l3 + 1)``.
+        """
+        widths = [2 * p.l3 + 1 for p in paths]
+        for path, part in zip(paths, values.split(widths, dim=-1), strict=True):
+            self.add(path, part)
 
     def result(self) -> torch.Tensor:
         """``(n_edges, irreps_out.dim)``; uncovered blocks are zero."""

@@ -368,17 +368,13 @@ class CPTP(TPBackend):
         ``(E, weight_numel)`` -> ``(E, out.dim)``."""
         check_inputs(self.spec, x, y, w)
         n = x.shape[0]
-        out = OutputAssembler(self.spec, n, x)
+        out = OutputAssembler(self.spec, n, x, w)
         for g, group in enumerate(self.groups):
             x_block = x[:, self._in1[group.i1]].reshape(n, group.mul, -1)
             a = x_block @ self._table(f"a_{g}", x)  # (E, U, R)
             b = y @ self._table(f"b_{g}", x)  # (E, R)
             values = (a * b.unsqueeze(1)) @ self._table(f"ct_{g}", x)  # (E, U, K)
-            start = 0
-            for p in group.paths:
-                width = 2 * p.l3 + 1
-                out.add(p, values[..., start : start + width], w, group.mul)
-                start += width
+            out.add_pair(list(group.paths), values)
         return out.result()
 
     def _table(self, name: str, like: torch.Tensor) -> torch.Tensor:

@@ -105,7 +105,7 @@ class GauntFourierTP(TPBackend):
         check_inputs(self.spec, x, y, w)
         n = x.shape[0]
         cdtype = torch.complex128 if x.dtype == torch.float64 else torch.complex64
-        out = OutputAssembler(self.spec, n, x)
+        out = OutputAssembler(self.spec, n, x, w)
         for g, group in enumerate(self.groups):
             l2_max, n_fft = self._frames[g]
             n1 = 2 * group.l1 + 1
@@ -123,24 +123,8 @@ class GauntFourierTP(TPBackend):
                 product = torch.fft.ifft2(x_hat * y_hat.unsqueeze(1))
                 flat = product.reshape(n, group.mul, n_fft * n_fft)
                 values = (flat @ self._table(f"projection_{g}_{i2}", cdtype, x)).real
-                self._scatter(out, group, i2, values, w)
+                out.add_pair([p for p in group.paths if p.i2 == i2], values)
         return out.result()
-
-    @staticmethod
-    def _scatter(
-        out: OutputAssembler,
-        group: InputGroup,
-        i2: int,
-        values: torch.Tensor,
-        w: torch.Tensor,
-    ) -> None:
-        """Split ``(E, U, sum of 2l3+1)`` into the pair's paths and store them."""
-        start = 0
-        for p in group.paths:
-            if p.i2 == i2:
-                width = 2 * p.l3 + 1
-                out.add(p, values[..., start : start + width], w, group.mul)
-                start += width
 
     def _register_complex(self, name: str, table: torch.Tensor) -> None:
         """Store a complex table as ``(..., 2)`` reals, so that ``module.to(dtype)``

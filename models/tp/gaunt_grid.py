@@ -112,7 +112,7 @@ class GauntGridTP(TPBackend):
         ``(E, weight_numel)`` -> ``(E, out.dim)``."""
         check_inputs(self.spec, x, y, w)
         n = x.shape[0]
-        out = OutputAssembler(self.spec, n, x)
+        out = OutputAssembler(self.spec, n, x, w)
         for g, group in enumerate(self.groups):
             x_block = x[:, self._in1[group.i1]].reshape(n, group.mul, -1)
             x_grid = x_block @ self._table(f"x_synth_{g}", x)  # (E, U, n_grid)
@@ -120,12 +120,7 @@ class GauntGridTP(TPBackend):
                 y_grid = y[:, self._in2[i2]] @ self._table(f"y_synth_{g}_{i2}", x)
                 product = x_grid * y_grid.unsqueeze(1)  # (E, U, n_grid)
                 values = product @ self._table(f"analysis_{g}_{i2}", x)
-                start = 0
-                for p in group.paths:
-                    if p.i2 == i2:
-                        width = 2 * p.l3 + 1
-                        out.add(p, values[..., start : start + width], w, group.mul)
-                        start += width
+                out.add_pair([p for p in group.paths if p.i2 == i2], values)
         return out.result()
 
     def _table(self, name: str, like: torch.Tensor) -> torch.Tensor:
