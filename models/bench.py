@@ -24,14 +24,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-METHODS = [
-    "sevenn-calculator",
-    "e3nn-one-by-one",
-    "e3nn-batched",
-    "fused-one-by-one",
-    "fused-batched",
-    "torchsim-batched",
-]
+# method -> (backend, batched, radial table); the peers are handled apart
+OURS = {
+    "e3nn-one-by-one": ("e3nn", False, False),
+    "e3nn-batched": ("e3nn", True, False),
+    "fused-one-by-one": ("fused", False, False),
+    "fused-batched": ("fused", True, False),
+    "fused+table-one-by-one": ("fused", False, True),
+}
+METHODS = ["sevenn-calculator", *OURS, "torchsim-batched"]
 
 
 def structures(n: int, size: int) -> list:

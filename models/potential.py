@@ -229,7 +229,7 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = "float32",
     limits: Limits | None = None,
-    radial_table: bool | None = None,
+    radial_table: bool = False,
     batch_atoms: int = DEFAULT_BATCH_ATOMS,
 ) -> Potential:
     """Load a registered model with the chosen tensor-product backend.
@@ -241,9 +241,10 @@ def load_model(
         device: ``cpu`` or ``cuda``.
         dtype: ``float32`` (default) or ``float64``.
         limits: per-structure bounds used by validation.
-        radial_table: tabulate the radial weight networks; by default on for
-            float32 with any backend but the ``e3nn`` reference (float64 keeps the
-            MLP so that results stay exact to float64 round-off).
+        radial_table: tabulate the radial weight networks
+            (:class:`~models.radial.RadialTable`, float32 precision). Off by
+            default: on this project's CPUs the MLP is faster (``make bench``
+            measures both).
         batch_atoms: atoms per forward pass in :meth:`Potential.predict`.
 
     Raises:
@@ -260,8 +261,6 @@ def load_model(
     torch_device = _resolve_device(device)
     with _default_dtype(dtype):
         module = get_loader(name)(backend)
-        if radial_table is None:
-            radial_table = dtype == torch.float32 and backend != "e3nn"
         if radial_table:
             module.tabulate_radial()  # type: ignore[operator]
     module = module.to(torch_device, dtype).eval()

@@ -43,7 +43,7 @@ class _Group:
 
 
 def _coupling(spec: ConvSpec, group: _Group, dtype: torch.dtype) -> torch.Tensor:
-    """``(irreps_in2.dim, d1 * width)`` normalised CG coefficients of a group."""
+    """``(irreps_in2.dim, d1, width)`` normalised CG coefficients of a group."""
     y_slices = spec.irreps_in2.slices()
     K = torch.zeros(spec.irreps_in2.dim, group.d1, group.width, dtype=torch.float64)
     col = 0
@@ -58,7 +58,7 @@ def _coupling(spec: ConvSpec, group: _Group, dtype: torch.dtype) -> torch.Tensor
         cg = o3.wigner_3j(l1, l2, l3, dtype=torch.float64) * math.sqrt(2 * l3 + 1)
         K[y_slices[i2], :, col : col + width] = cg.permute(1, 0, 2)
         col += width
-    return K.reshape(spec.irreps_in2.dim, -1).to(dtype)
+    return K.to(dtype)
 
 
 @register_backend
@@ -76,16 +76,16 @@ class FusedTP(TPBackend):
             by_input.setdefault(i1, []).append(k)
         self.groups = [_Group(spec, i1, ks) for i1, ks in sorted(by_input.items())]
         for g, group in enumerate(self.groups):
-            self.register_buffer(
-                f"K{g}", _coupling(spec, group, torch.get_default_dtype())
-            )
+            K = _coupling(spec, group, torch.get_default_dtype())
+            self.register_buffer(f"K{g}", K.reshape(K.shape[0], -1))
         self.register_buffer("order", self._order(spec), persistent=False)
         self._x_sizes = [g.x_slice.stop - g.x_slice.start for g in self.groups]
         self._w_sizes = [g.mul * len(g.members) for g in self.groups]
         self._assembly = self._assembly_plan()
 
     def _order(self, spec: ConvSpec) -> torch.Tensor:
-        """Weight columns grouped by input block, channel-major within a group."""
+        """Weight columns grouped by input block, path-major within a group (the
+        channel index runs fastest, matching the ``(n, path, channel)`` layout)."""
         offsets, start = [], 0
         for i1, _, _ in spec.instructions:
             offsets.append(start)
@@ -94,8 +94,8 @@ class FusedTP(TPBackend):
             [
                 offsets[k] + u
                 for group in self.groups
-                for u in range(group.mul)
                 for k in group.members
+                for u in range(group.mul)
             ]
         )
 
@@ -106,7 +106,7 @@ class FusedTP(TPBackend):
     def _assembly_plan(self) -> list[tuple[int, int, int]]:
         """For each output block in order: (piece, first column, width).
 
-        A piece is one width class of one group: ``(n_rows, mul, n_paths * width)``.
+        A piece is one width class of one group: ``(n_rows, n_paths * width, mul)``.
         """
         where: dict[int, tuple[int, int, int]] = {}
         piece = 0
@@ -125,8 +125,9 @@ class FusedTP(TPBackend):
         w: torch.Tensor,
         edge_src: torch.Tensor | None,
     ) -> list[torch.Tensor]:
-        """Weighted products, one ``(n_edges, mul, n_paths * width)`` tensor per
-        width class of each group.
+        """Weighted products, one ``(n_edges, n_paths * width, mul)`` tensor per
+        width class of each group (channels last, so that every elementwise
+        operation runs over a long contiguous axis).
 
         ``x`` is per node when ``edge_src`` is given (gathered here, per group, so
         that slicing happens on the small node tensor), else already per edge.
@@ -138,11 +139,11 @@ class FusedTP(TPBackend):
         ws = torch.split(w, self._w_sizes, dim=1)
         for g, group in enumerate(self.groups):
             xg = xs[g] if edge_src is None else xs[g].index_select(0, edge_src)
-            xg = xg.reshape(-1, group.mul, group.d1)
+            xg = xg.reshape(-1, group.mul, group.d1).transpose(1, 2)
             K = cast(torch.Tensor, getattr(self, f"K{g}"))
             M = (y @ K).view(-1, group.d1, group.width)
-            prod = torch.bmm(xg, M)
-            wg = ws[g].view(-1, group.mul, len(group.members))
+            prod = torch.bmm(M.transpose(1, 2), xg)
+            wg = ws[g].view(-1, len(group.members), group.mul)
             out.extend(self._weigh(group, prod, wg))
         return out
 
@@ -150,20 +151,20 @@ class FusedTP(TPBackend):
     def _weigh(
         group: _Group, prod: torch.Tensor, wg: torch.Tensor
     ) -> list[torch.Tensor]:
-        """``prod`` ``(n, mul, width)`` times per-path weights ``(n, mul, n_paths)``
+        """``prod`` ``(n, width, mul)`` times per-path weights ``(n, n_paths, mul)``
         broadcast over each path's ``2 l3 + 1`` components, per width class."""
         n, mul = prod.shape[0], group.mul
-        prods = torch.split(prod, [w * c for w, c in group.classes], dim=2)
-        weights = torch.split(wg, [c for _, c in group.classes], dim=2)
+        prods = torch.split(prod, [w * c for w, c in group.classes], dim=1)
+        weights = torch.split(wg, [c for _, c in group.classes], dim=1)
         return [
-            (p.reshape(n, mul, c, w) * q.unsqueeze(-1)).reshape(n, mul, c * w)
+            (p.reshape(n, c, w, mul) * q.unsqueeze(2)).reshape(n, c * w, mul)
             for p, q, (w, c) in zip(prods, weights, group.classes, strict=True)
         ]
 
     def _assemble(self, pieces: list[torch.Tensor]) -> torch.Tensor:
         rows = pieces[0].shape[0]
         blocks = [
-            pieces[p][:, :, col : col + width].reshape(rows, -1)
+            pieces[p][:, col : col + width].transpose(1, 2).reshape(rows, -1)
             for p, col, width in self._assembly
         ]
         return torch.cat(blocks, dim=1)

@@ -26,3 +26,17 @@ def test_table_matches_mlp_values_and_derivatives(name: str) -> None:
         (g_approx,) = torch.autograd.grad((approx * probe).sum(), r)
         rel = (g_exact - g_approx).abs().max() / g_exact.abs().max()
         assert rel < 1e3 * TABLE_REL_TOL  # the derivative converges one order slower
+
+
+def test_tabulated_model_matches_the_mlp_model_in_float32() -> None:
+    from tests.models.structures import parity_set
+
+    frames = list(parity_set().values())
+    exact = models.load_model("sevennet-0", backend="fused")
+    table = models.load_model("sevennet-0", backend="fused", radial_table=True)
+    for atoms, a, b in zip(
+        frames, exact.predict(frames), table.predict(frames), strict=True
+    ):
+        assert isinstance(a, models.Prediction) and isinstance(b, models.Prediction)
+        assert abs(a.energy - b.energy) / len(atoms) < 2e-5
+        assert float(abs(a.forces - b.forces).max()) < 2e-4
