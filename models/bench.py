@@ -84,7 +84,7 @@ class RssSampler:
 
 def _runner(method: str, device: str) -> tuple[Callable[[list], None], int]:
     """A function evaluating a list of structures, and how many structures it holds
-    in memory at once (for memory per atom)."""
+    in memory at once (0: all; negative: an atom budget), for memory per atom."""
     if method == "sevenn-calculator":
         from sevenn.calculator import SevenNetCalculator
 
@@ -102,16 +102,16 @@ def _runner(method: str, device: str) -> tuple[Callable[[list], None], int]:
         return _torchsim_runner(device), 0
     import models
 
-    backend, mode = method.split("-", 1)
+    backend, batched, table = OURS[method]
     model = models.load_model(
-        "sevennet-0", backend=backend, device=device, batch_atoms=1 << 30
+        "sevennet-0", backend=backend, device=device, radial_table=table
     )
-    if mode == "batched":
+    if batched:
 
-        def batched(frames: list) -> None:
+        def run_batched(frames: list) -> None:
             model.predict(frames)
 
-        return batched, 0
+        return run_batched, -model.batch_atoms
 
     def one_by_one(frames: list) -> None:
         for atoms in frames:
@@ -159,7 +159,11 @@ def worker(method: str, device: str, n: int, size: int, repeats: int) -> dict[st
             times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
     atoms = sum(len(a) for a in frames)
-    in_memory = atoms if held == 0 else held * len(frames[0])
+    # held: structures in memory at once; 0 all of them; negative, an atom budget
+    if held < 0:
+        in_memory = min(atoms, -held)
+    else:
+        in_memory = atoms if held == 0 else held * len(frames[0])
     peak = rss.peak - rss.baseline
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated()
@@ -175,17 +179,16 @@ def worker(method: str, device: str, n: int, size: int, repeats: int) -> dict[st
 
 
 def profile(device: str, n: int, size: int) -> list[dict[str, Any]]:
-    """Top operators by self time for the fused model, batched."""
+    """Top operators by self time for the fused model, one batch of its default
+    atom budget."""
     import torch
 
     import models
     from models.graph import build_batch
     from models.structure import Structure
 
-    frames = structures(n, size)
-    model = models.load_model(
-        "sevennet-0", backend="fused", device=device, batch_atoms=1 << 30
-    )
+    model = models.load_model("sevennet-0", backend="fused", device=device)
+    frames = structures(n, size)[: max(1, model.batch_atoms // size)]
     model.predict(frames)
     start = time.perf_counter()
     graph = build_batch([Structure.from_atoms(a) for a in frames], model.spec.cutoff)
@@ -235,7 +238,7 @@ def main() -> None:
         "structures": args.structures,
         "atoms_per_structure": args.size,
         "results": results,
-        "profile_fused_batched": profile(args.device, args.structures, args.size),
+        "profile_fused_one_batch": profile(args.device, args.structures, args.size),
     }
     _print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -292,8 +295,8 @@ def _print(report: dict[str, Any]) -> None:
             f"{speed:9.2f} {r['peak_bytes_above_baseline'] / 2**20:8.1f} "
             f"{r['peak_bytes_per_atom'] / 1024:8.1f} {mem:12.2f}"
         )
-    print("\nwhere the fused model's time goes (batched, one pass):")
-    for row in report["profile_fused_batched"]:
+    print("\nwhere the fused model's time goes (one batch, forward + backward):")
+    for row in report["profile_fused_one_batch"]:
         print(f"  {row['self_ms']:9.1f} ms  {row['op']}")
 
 
