@@ -286,7 +286,7 @@ class ActorBackend:
         priority: int = 0,
         source: tuple[str, str] | None = None,
     ) -> store.CampaignRecord:
-        return await self._call("submit", tenant, name, spec, priority, source)  # type: ignore[no-any-return]
+        return await self._call("submit", tenant, name, spec, priority, source)
 
     async def append(
         self,
@@ -296,29 +296,29 @@ class ActorBackend:
         structures: Sequence[Structure],
         last: bool,
     ) -> int:
-        return await self._call(  # type: ignore[no-any-return]
+        return await self._call(
             "append", tenant, campaign_id, first_index, list(structures), last
         )
 
     async def get(self, tenant: str, campaign_id: str) -> CampaignView:
-        return await self._call("get", tenant, campaign_id)  # type: ignore[no-any-return]
+        return await self._call("get", tenant, campaign_id)
 
     async def list_campaigns(self, tenant: str, limit: int = 100) -> list[CampaignView]:
-        return await self._call("list_campaigns", tenant, limit)  # type: ignore[no-any-return]
+        return await self._call("list_campaigns", tenant, limit)
 
     async def cancel(self, tenant: str, campaign_id: str) -> CampaignView:
-        return await self._call("cancel", tenant, campaign_id)  # type: ignore[no-any-return]
+        return await self._call("cancel", tenant, campaign_id)
 
     async def shards(
         self, tenant: str, campaign_id: str, from_seq: int = 0, limit: int = 16
     ) -> list[tuple[store.ShardRecord, bytes]]:
-        return await self._call("shards", tenant, campaign_id, from_seq, limit)  # type: ignore[no-any-return]
+        return await self._call("shards", tenant, campaign_id, from_seq, limit)
 
     async def shard_at_offset(self, tenant: str, campaign_id: str, offset: int) -> int:
-        return await self._call("shard_at_offset", tenant, campaign_id, offset)  # type: ignore[no-any-return]
+        return await self._call("shard_at_offset", tenant, campaign_id, offset)
 
     def totals(self) -> list[tuple[str, int, int, int, int]]:
         """Campaign totals for the metrics (blocking: called at scrape time)."""
         import ray
 
-        return ray.get(self.actor.totals.remote(), timeout=METRICS_TIMEOUT_S)  # type: ignore[no-any-return]
+        return ray.get(self.actor.totals.remote(), timeout=METRICS_TIMEOUT_S)
