@@ -139,11 +139,18 @@ class FusedTP(TPBackend):
         ws = torch.split(w, self._w_sizes, dim=1)
         for g, group in enumerate(self.groups):
             xg = xs[g] if edge_src is None else xs[g].index_select(0, edge_src)
-            xg = xg.reshape(-1, group.mul, group.d1).transpose(1, 2)
             K = cast(torch.Tensor, getattr(self, f"K{g}"))
             M = (y @ K).view(-1, group.d1, group.width)
-            prod = torch.bmm(M.transpose(1, 2), xg)
             wg = ws[g].view(-1, len(group.members), group.mul)
+            if group.d1 == 1:
+                # scalar inputs: weigh the (n, paths, mul) channels first, then one
+                # outer product per width class, instead of weighing the larger
+                # (n, width, mul) products
+                z = xg.unsqueeze(1) * wg
+                out.extend(self._scalar_pieces(group, M[:, 0], z))
+                continue
+            xg = xg.reshape(-1, group.mul, group.d1).transpose(1, 2)
+            prod = torch.bmm(M.transpose(1, 2), xg)
             out.extend(self._weigh(group, prod, wg))
         return out
 
@@ -159,6 +166,20 @@ class FusedTP(TPBackend):
         return [
             (p.reshape(n, c, w, mul) * q.unsqueeze(2)).reshape(n, c * w, mul)
             for p, q, (w, c) in zip(prods, weights, group.classes, strict=True)
+        ]
+
+    @staticmethod
+    def _scalar_pieces(
+        group: _Group, M: torch.Tensor, z: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Pieces of a scalar-input group: ``M`` ``(n, width)`` couplings times the
+        weighted channels ``z`` ``(n, n_paths, mul)``, per width class."""
+        n, mul = z.shape[0], group.mul
+        Ms = torch.split(M, [w * c for w, c in group.classes], dim=1)
+        zs = torch.split(z, [c for _, c in group.classes], dim=1)
+        return [
+            (m.reshape(n, c, w, 1) * q.unsqueeze(2)).reshape(n, c * w, mul)
+            for m, q, (w, c) in zip(Ms, zs, group.classes, strict=True)
         ]
 
     def _assemble(self, pieces: list[torch.Tensor]) -> torch.Tensor:
