@@ -4,11 +4,14 @@ For every input block ``l1`` the Clebsch-Gordan coefficients of all its paths ar
 stacked into one constant matrix ``K[m2, (m1, path, m3)]`` (zeros where a coupling
 vanishes). Per edge, one small matrix product with the spherical harmonics gives
 ``M_e[m1, (path, m3)]``, and one batched matrix product applies it to every channel
-at once. The per-edge weights arrive grouped by input block (the model permutes its
-weight network's output columns once at load, see :meth:`weight_order`), multiply the
-products, and the messages are summed onto receivers while still grouped; only then,
-at node level (far fewer rows than edges), are the blocks put into e3nn's output
-order. The numbers are e3nn's ``uvu`` product, reorganised: equal to round-off.
+at once, channels last so that the elementwise work runs over long contiguous rows.
+The per-edge weights arrive grouped by input block (the model permutes its weight
+network's output columns once at load, see :meth:`FusedTP.weight_order`); for scalar
+inputs (``l1 = 0``) they multiply the channels before the outer product with the
+harmonics, otherwise the products, one broadcast per output width. Messages are
+summed onto receivers while still grouped; only at node level (far fewer rows than
+edges) are the blocks put into e3nn's output order. The numbers are e3nn's ``uvu``
+product, reorganised: equal to round-off (tests/models/tp, float64).
 """
 
 from __future__ import annotations
@@ -106,7 +109,8 @@ class FusedTP(TPBackend):
     def _assembly_plan(self) -> list[tuple[int, int, int]]:
         """For each output block in order: (piece, first column, width).
 
-        A piece is one width class of one group: ``(n_rows, n_paths * width, mul)``.
+        A piece is one width class of one group: ``(n_rows, n_paths * width, mul)``,
+        in the order :meth:`_pieces` returns them.
         """
         where: dict[int, tuple[int, int, int]] = {}
         piece = 0
