@@ -16,7 +16,6 @@ Layout conventions (the same as e3nn's ``mul_ir`` layout):
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -170,7 +169,6 @@ class TPBackend(torch.nn.Module):
         return out.index_add_(0, edge_dst, messages)
 
 
-BackendFactory = Callable[..., TPBackend]
 _BACKENDS: dict[str, type[TPBackend]] = {}
 
 
